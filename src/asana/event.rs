@@ -1,0 +1,252 @@
+//! Turning one Asana `AuditLogEvent` into an envelope.
+//!
+//! Parsing is lenient about everything but the two fields the pipeline
+//! cannot work without: `gid` (the dedup key) and `created_at` (the cursor's
+//! time). Unknown fields, unknown event types and `null` where an object was
+//! expected all pass; a record without a usable id or time is quarantined by
+//! the caller with the reason returned here.
+
+use std::borrow::Cow;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::envelope::{self, Client, Envelope, Outcome, Party, SourceRef};
+use crate::state::NewEvent;
+
+/// The fields of an `AuditLogEvent` the envelope uses; everything else stays
+/// in `raw` only.
+#[derive(Debug, Deserialize)]
+struct AuditLogEvent<'a> {
+    #[serde(borrow)]
+    gid: Option<Id<'a>>,
+    #[serde(borrow)]
+    created_at: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    event_type: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    event_category: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "lenient")]
+    actor: Option<Actor<'a>>,
+    #[serde(borrow, default, deserialize_with = "lenient")]
+    resource: Option<Resource<'a>>,
+    #[serde(borrow, default, deserialize_with = "lenient")]
+    context: Option<Context<'a>>,
+}
+
+/// Asana ids are numeric strings; accept a bare number too. (`Cow`
+/// everywhere: a string with JSON escapes cannot be borrowed.)
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Id<'a> {
+    Str(#[serde(borrow)] Cow<'a, str>),
+    Num(u64),
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Actor<'a> {
+    #[serde(borrow)]
+    actor_type: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    gid: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    email: Option<Cow<'a, str>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Resource<'a> {
+    #[serde(borrow)]
+    resource_type: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    resource_subtype: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    gid: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    email: Option<Cow<'a, str>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Context<'a> {
+    #[serde(borrow)]
+    context_type: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    api_authentication_method: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    client_ip_address: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    user_agent: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    oauth_app_name: Option<Cow<'a, str>>,
+}
+
+/// An object field that is the wrong shape reads as absent instead of
+/// failing the record: the original is in `raw` anyway.
+fn lenient<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Maybe<T> {
+        Ok(T),
+        Other(serde::de::IgnoredAny),
+    }
+    Ok(match Option::<Maybe<T>>::deserialize(deserializer)? {
+        Some(Maybe::Ok(v)) => Some(v),
+        _ => None,
+    })
+}
+
+/// Where an event came from, for its envelope.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    pub source_id: &'a str,
+    pub workspace_gid: &'a str,
+}
+
+/// Builds the outbox entry for one raw record, or says why it cannot.
+pub fn to_outbox(
+    raw: &RawValue,
+    origin: Origin<'_>,
+    observed_at: &str,
+) -> Result<NewEvent, String> {
+    let event: AuditLogEvent<'_> =
+        serde_json::from_str(raw.get()).map_err(|e| format!("not an audit log event: {e}"))?;
+    let id: String = match event.gid {
+        Some(Id::Str(s)) if !s.trim().is_empty() => s.into_owned(),
+        Some(Id::Num(n)) => n.to_string(),
+        _ => return Err("missing or empty `gid`".to_string()),
+    };
+    let created_at = event
+        .created_at
+        .as_deref()
+        .ok_or_else(|| format!("event {id}: missing `created_at`"))?;
+    let time: DateTime<Utc> = DateTime::parse_from_rfc3339(created_at)
+        .map_err(|e| format!("event {id}: `created_at` {created_at:?} is not RFC 3339: {e}"))?
+        .with_timezone(&Utc);
+    let event_time = time.timestamp_millis();
+
+    let actor = event.actor.as_ref().map(|a| Party {
+        kind: a.actor_type.as_deref(),
+        subtype: None,
+        id: a.gid.as_deref(),
+        name: a.name.as_deref(),
+        email: a.email.as_deref(),
+    });
+    let target = event.resource.as_ref().map(|r| Party {
+        kind: r.resource_type.as_deref(),
+        subtype: r.resource_subtype.as_deref(),
+        id: r.gid.as_deref(),
+        name: r.name.as_deref(),
+        email: r.email.as_deref(),
+    });
+    let client = event.context.as_ref().map(|c| Client {
+        ip: c.client_ip_address.as_deref(),
+        user_agent: c.user_agent.as_deref(),
+        context: c.context_type.as_deref(),
+        auth_method: c.api_authentication_method.as_deref(),
+        app_name: c.oauth_app_name.as_deref(),
+    });
+    let envelope = Envelope {
+        envelope_version: envelope::ENVELOPE_VERSION,
+        source: SourceRef {
+            kind: "asana",
+            id: origin.source_id,
+            tenant: origin.workspace_gid,
+        },
+        id: &id,
+        time: envelope::format_time(event_time),
+        observed_at: observed_at.to_string(),
+        event_type: event.event_type.as_deref(),
+        category: event.event_category.as_deref(),
+        outcome: outcome(event.event_type.as_deref()),
+        actor,
+        target,
+        client,
+        raw,
+    };
+    let payload = serde_json::to_string(&envelope).map_err(|e| format!("event {id}: {e}"))?;
+    Ok(NewEvent {
+        event_id: id,
+        event_time,
+        payload,
+    })
+}
+
+/// Asana names outcomes in the event type (`user_login_failed`).
+fn outcome(event_type: Option<&str>) -> Outcome {
+    match event_type {
+        Some(t) if t.ends_with("_failed") => Outcome::Failure,
+        Some(t) if t.ends_with("_succeeded") => Outcome::Success,
+        _ => Outcome::Unknown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    const ORIGIN: Origin<'static> = Origin {
+        source_id: "asana_main",
+        workspace_gid: "1200000000000000",
+    };
+
+    fn build(json: &str) -> Result<(NewEvent, Value), String> {
+        let raw: Box<RawValue> = serde_json::from_str(json).unwrap();
+        let event = to_outbox(&raw, ORIGIN, "2026-01-05T10:20:00.000Z")?;
+        let value = serde_json::from_str(&event.payload).unwrap();
+        Ok((event, value))
+    }
+
+    #[test]
+    fn full_event_maps_every_field_and_keeps_raw_verbatim() {
+        let json = r#"{"gid":"1209000000000001","created_at":"2026-01-05T10:15:30.123Z","event_type":"user_login_failed","event_category":"logins","actor":{"actor_type":"user","gid":"1200000000000001","name":"Greg Sanchez","email":"gsanchez@example.com"},"resource":{"resource_type":"user","gid":"1200000000000001","name":null,"email":"gsanchez@example.com"},"details":{"method":["ONE_TIME_KEY"],"big":12345678901234567890},"context":{"context_type":"api","api_authentication_method":"oauth","oauth_app_name":"SCIM","client_ip_address":"198.51.100.7","user_agent":"curl/8","on_behalf_of_user_id":42}}"#;
+        let (event, v) = build(json).unwrap();
+        assert_eq!(event.event_id, "1209000000000001");
+        assert_eq!(event.event_time, 1_767_608_130_123);
+        assert_eq!(v["envelope_version"], 1);
+        assert_eq!(v["source"]["kind"], "asana");
+        assert_eq!(v["source"]["tenant"], "1200000000000000");
+        assert_eq!(v["id"], "1209000000000001");
+        assert_eq!(v["time"], "2026-01-05T10:15:30.123Z");
+        assert_eq!(v["type"], "user_login_failed");
+        assert_eq!(v["outcome"], "failure");
+        assert_eq!(v["actor"]["email"], "gsanchez@example.com");
+        assert_eq!(v["target"].get("name"), None);
+        assert_eq!(v["client"]["ip"], "198.51.100.7");
+        assert_eq!(v["client"]["app_name"], "SCIM");
+        // raw is the record byte for byte: the u64 above 2^53 survives.
+        assert!(
+            event.payload.ends_with(&format!("\"raw\":{json}}}")),
+            "{}",
+            event.payload
+        );
+    }
+
+    #[test]
+    fn odd_shapes_pass_and_bad_records_say_why() {
+        let (_, v) = build(r#"{"gid":123,"created_at":"2026-01-05T10:15:30Z","actor":"nobody","resource":null,"event_type":"future_thing","context":{"user_agent":"say \"hi\" \u00e9"}}"#).unwrap();
+        assert_eq!(v["client"]["user_agent"], "say \"hi\" \u{e9}");
+        assert_eq!(v["id"], "123");
+        assert_eq!(v["outcome"], "unknown");
+        assert!(v.get("actor").is_none());
+        let err = build(r#"{"gid":"9","actor":"x"}"#).unwrap_err();
+        assert!(
+            err.contains("event 9") && err.contains("created_at"),
+            "{err}"
+        );
+        let err = build(r#"{"created_at":"2026-01-05T10:15:30Z"}"#).unwrap_err();
+        assert!(err.contains("gid"), "{err}");
+        let err = build(r#"{"gid":"9","created_at":"yesterday"}"#).unwrap_err();
+        assert!(err.contains("RFC 3339"), "{err}");
+        let err = build(r#"[1,2]"#).unwrap_err();
+        assert!(err.contains("not an audit log event"), "{err}");
+    }
+}

@@ -1,0 +1,387 @@
+//! Following an Asana audit log stream.
+//!
+//! The cursor is the opaque `next_page.offset`, which Asana keeps returning
+//! even when there is nothing new: an empty `data` means caught up. So:
+//! a full page → fetch the next at once; a short or empty page → sleep
+//! `poll_interval`, then ask again with the same offset.
+//!
+//! A page's new events and the new offset are committed in one transaction
+//! ([`crate::state::StateDb::commit_page`]); the offset is never stored ahead
+//! of the events it covers. When the offset is lost (Asana rejects it with
+//! 400, or the filters changed) the stream restarts at `start_at` = newest
+//! stored event − `restart_margin`, and the dedup window drops the repeats.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+
+use super::client::{AsanaClient, Page, Position};
+use super::event::{self, Origin};
+use crate::config::{AsanaConfig, StartAt};
+use crate::envelope::format_time;
+use crate::retry::Backoff;
+use crate::source::{sleep_or_cancel, SourceContext, SourceError, SourceStats};
+use crate::state::{NewEvent, Quarantined, SourceCursor, StateError};
+
+/// Asana deletes audit events after 90 days.
+pub const RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
+
+/// Starting this close to the retention edge would race the deletion.
+const RETENTION_SLACK: Duration = Duration::from_secs(3600);
+
+/// How often the dedup window is pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// A hash of what an offset is bound to: the workspace and the filters.
+pub fn filters_hash(config: &AsanaConfig) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(config.workspace_gid.as_bytes());
+    for (name, value) in config.filters.pairs() {
+        hasher.update(b"\0");
+        hasher.update(name.as_bytes());
+        hasher.update(b"=");
+        hasher.update(value.as_bytes());
+    }
+    let digest = hasher.finalize();
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// One Asana workspace's stream, run as its own task.
+#[derive(Debug)]
+pub struct AsanaSource {
+    config: AsanaConfig,
+    client: AsanaClient,
+    ctx: SourceContext,
+    stats: Arc<SourceStats>,
+}
+
+impl AsanaSource {
+    /// Builds the source; nothing is requested yet.
+    pub fn new(config: AsanaConfig, ctx: SourceContext) -> anyhow::Result<Self> {
+        let client = AsanaClient::new(&config)?;
+        Ok(Self {
+            config,
+            client,
+            ctx,
+            stats: Arc::new(SourceStats::default()),
+        })
+    }
+
+    /// Its counters.
+    pub fn stats(&self) -> Arc<SourceStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Follows the stream until shutdown. Errors from the API never end the
+    /// loop; only a state file that cannot be read or written does.
+    pub async fn run(&self) -> Result<(), StateError> {
+        let id = self.config.id.clone();
+        let mut cursor = self.load_cursor().await?;
+        let mut backoff = Backoff::new(self.config.retry);
+        let mut last_prune = tokio::time::Instant::now();
+        tracing::info!(
+            source = %id,
+            workspace = %self.config.workspace_gid,
+            resuming = cursor.position.is_some(),
+            "asana source started"
+        );
+        let shutdown = self.ctx.shutdown.clone();
+        while !shutdown.is_cancelled() {
+            if !self.wait_for_outbox_room().await? {
+                break;
+            }
+            let position = self.position(&cursor);
+            SourceStats::bump(&self.stats.requests);
+            let fetched = tokio::select! {
+                fetched = self.client.fetch(&position) => fetched,
+                // Nothing is in hand yet: dropping the request loses nothing.
+                () = shutdown.cancelled() => break,
+            };
+            let delay = match fetched {
+                Ok(page) => {
+                    backoff.reset();
+                    let full = page.records.len() >= self.client.page_size();
+                    match self.store_page(&mut cursor, page).await {
+                        Ok(()) => {}
+                        Err(e) => {
+                            // The page is not stored and the cursor did not
+                            // move: the same request is made again.
+                            tracing::error!(source = %id, error = %e, "storing a page failed");
+                            let delay = backoff.next_delay();
+                            if !sleep_or_cancel(delay, &shutdown).await {
+                                break;
+                            }
+                            continue;
+                        }
+                    }
+                    if last_prune.elapsed() >= PRUNE_EVERY {
+                        last_prune = tokio::time::Instant::now();
+                        self.prune().await;
+                    }
+                    (!full).then_some(self.config.poll_interval)
+                }
+                Err(error) => self.on_error(error, &mut cursor, &mut backoff).await?,
+            };
+            if let Some(delay) = delay {
+                if !sleep_or_cancel(delay, &shutdown).await {
+                    break;
+                }
+            }
+        }
+        tracing::info!(source = %id, "asana source stopped");
+        Ok(())
+    }
+
+    /// The stored cursor, reconciled with the configuration: a first run
+    /// gets its start point stored at once (so a restart before the first
+    /// event does not move it), and changed filters drop the offset.
+    async fn load_cursor(&self) -> Result<SourceCursor, StateError> {
+        let id = self.config.id.clone();
+        let hash = filters_hash(&self.config);
+        let stored = self.ctx.state.call(move |db| db.cursor(&id)).await?;
+        let cursor = match stored {
+            Some(cursor) if cursor.filters_hash == hash => return Ok(cursor),
+            Some(mut cursor) => {
+                tracing::warn!(
+                    source = %self.config.id,
+                    "filters or workspace changed since the offset was stored; restarting the stream by time"
+                );
+                cursor.position = None;
+                cursor.filters_hash = hash;
+                SourceStats::bump(&self.stats.cursor_restarts);
+                cursor
+            }
+            None => {
+                let now = Utc::now();
+                let start = match self.config.start_at {
+                    StartAt::At(at) => at,
+                    StartAt::Lookback(lookback) => {
+                        now - chrono::Duration::from_std(lookback).unwrap_or(chrono::TimeDelta::MAX)
+                    }
+                };
+                let start = self.clamp_to_retention(start, now);
+                tracing::info!(source = %self.config.id, start_at = %format_time(start.timestamp_millis()), "first run");
+                SourceCursor {
+                    position: None,
+                    filters_hash: hash,
+                    stream_start: Some(start.timestamp_millis()),
+                    last_event_time: None,
+                    last_event_id: None,
+                }
+            }
+        };
+        self.save_cursor(&cursor).await?;
+        Ok(cursor)
+    }
+
+    async fn save_cursor(&self, cursor: &SourceCursor) -> Result<(), StateError> {
+        let id = self.config.id.clone();
+        let cursor = cursor.clone();
+        self.ctx
+            .state
+            .call(move |db| db.set_cursor(&id, "asana", &cursor))
+            .await
+    }
+
+    /// The earliest time still worth asking for; an earlier start is a gap.
+    fn clamp_to_retention(&self, start: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
+        let floor =
+            now - chrono::Duration::from_std(RETENTION - RETENTION_SLACK).unwrap_or_default();
+        if start < floor {
+            SourceStats::bump(&self.stats.retention_gaps);
+            tracing::warn!(
+                source = %self.config.id,
+                wanted = %format_time(start.timestamp_millis()),
+                earliest = %format_time(floor.timestamp_millis()),
+                "start point is beyond asana's 90-day retention; events before the earliest time are gone"
+            );
+            floor
+        } else {
+            start
+        }
+    }
+
+    /// Where the next request starts.
+    fn position(&self, cursor: &SourceCursor) -> Position {
+        if let Some(offset) = &cursor.position {
+            return Position::Offset(offset.clone());
+        }
+        let now = Utc::now();
+        let start = match cursor.last_event_time {
+            Some(last) => {
+                DateTime::from_timestamp_millis(last).unwrap_or(now)
+                    - chrono::Duration::from_std(self.config.restart_margin).unwrap_or_default()
+            }
+            None => cursor
+                .stream_start
+                .and_then(DateTime::from_timestamp_millis)
+                .unwrap_or(now),
+        };
+        Position::StartAt(self.clamp_to_retention(start, now))
+    }
+
+    /// Turns a page into outbox entries and commits them with the new cursor.
+    async fn store_page(&self, cursor: &mut SourceCursor, page: Page) -> Result<(), StateError> {
+        let observed_at = format_time(Utc::now().timestamp_millis());
+        let origin = Origin {
+            source_id: &self.config.id,
+            workspace_gid: &self.config.workspace_gid,
+        };
+        let mut events: Vec<NewEvent> = Vec::with_capacity(page.records.len());
+        let mut quarantined = Vec::new();
+        for (index, raw) in page.records.iter().enumerate() {
+            match event::to_outbox(raw, origin, &observed_at) {
+                Ok(event) => events.push(event),
+                Err(reason) => {
+                    tracing::warn!(source = %self.config.id, record = index, reason = %reason, "quarantined a record");
+                    quarantined.push(Quarantined {
+                        reason: format!("record {index} of page: {reason}"),
+                        raw: raw.get().to_string(),
+                    });
+                }
+            }
+        }
+        let mut next = cursor.clone();
+        next.position = page.next_offset;
+        if let Some(newest) = events.iter().max_by_key(|e| e.event_time) {
+            if next.last_event_time.is_none_or(|t| newest.event_time >= t) {
+                next.last_event_time = Some(newest.event_time);
+                next.last_event_id = Some(newest.event_id.clone());
+            }
+        }
+        let id = self.config.id.clone();
+        let commit_cursor = next.clone();
+        let outcome = self
+            .ctx
+            .state
+            .call(move |db| db.commit_page(&id, "asana", &events, &quarantined, &commit_cursor))
+            .await?;
+        *cursor = next;
+        SourceStats::bump(&self.stats.pages);
+        self.stats
+            .events_stored
+            .fetch_add(outcome.stored, std::sync::atomic::Ordering::Relaxed);
+        self.stats
+            .duplicates
+            .fetch_add(outcome.duplicates, std::sync::atomic::Ordering::Relaxed);
+        self.stats
+            .quarantined
+            .fetch_add(outcome.quarantined, std::sync::atomic::Ordering::Relaxed);
+        if outcome.stored > 0 {
+            self.ctx.notify_stored();
+        }
+        tracing::debug!(
+            source = %self.config.id,
+            stored = outcome.stored,
+            duplicates = outcome.duplicates,
+            quarantined = outcome.quarantined,
+            "page committed"
+        );
+        Ok(())
+    }
+
+    /// Decides what an API error means for the cursor and how long to wait.
+    async fn on_error(
+        &self,
+        error: SourceError,
+        cursor: &mut SourceCursor,
+        backoff: &mut Backoff,
+    ) -> Result<Option<Duration>, StateError> {
+        let id = &self.config.id;
+        Ok(Some(match error {
+            SourceError::RateLimited { retry_after } => {
+                let n = SourceStats::bump(&self.stats.rate_limited);
+                // At least what the API asked; never less than our own
+                // backoff would wait, which keeps growing if it repeats.
+                let ours = backoff.next_delay();
+                let wait = retry_after.map_or(ours, |asked| asked + jitter(asked));
+                tracing::warn!(source = %id, wait_ms = wait.as_millis() as u64, rate_limited = n, "rate limited by asana");
+                wait
+            }
+            SourceError::Transient(message) => {
+                let n = SourceStats::bump(&self.stats.transient_errors);
+                let wait = backoff.next_delay();
+                tracing::warn!(source = %id, error = %message, attempt = backoff.failures(), transient_errors = n, retry_in_ms = wait.as_millis() as u64, "request failed; retrying with the same offset");
+                wait
+            }
+            SourceError::CursorExpired { status, message } => {
+                SourceStats::bump(&self.stats.cursor_restarts);
+                tracing::warn!(source = %id, status, error = %message, "asana rejected the stored offset; restarting from the newest stored event minus the margin");
+                cursor.position = None;
+                self.save_cursor(cursor).await?;
+                return Ok(None);
+            }
+            SourceError::Unauthorized { status, message } => {
+                let n = SourceStats::bump(&self.stats.auth_failures);
+                tracing::error!(
+                    source = %id,
+                    status,
+                    error = %message,
+                    auth_failures = n,
+                    retry_in_s = self.config.slow_retry_interval.as_secs(),
+                    "asana rejected the token: check that it is a valid service account token of an Enterprise+ workspace"
+                );
+                self.config.slow_retry_interval
+            }
+            SourceError::Rejected { status, message } => {
+                SourceStats::bump(&self.stats.rejected);
+                tracing::error!(
+                    source = %id,
+                    status,
+                    error = %message,
+                    retry_in_s = self.config.slow_retry_interval.as_secs(),
+                    "asana rejected the request: check workspace_gid and filters"
+                );
+                self.config.slow_retry_interval
+            }
+        }))
+    }
+
+    /// Waits while the outbox is full. Returns false on shutdown.
+    async fn wait_for_outbox_room(&self) -> Result<bool, StateError> {
+        let mut warned = false;
+        loop {
+            let depth = self.ctx.state.call(|db| db.outbox_depth()).await?;
+            if u64::try_from(depth).unwrap_or(0) < self.ctx.max_outbox_events {
+                if warned {
+                    tracing::info!(source = %self.config.id, depth, "outbox has room again; resuming");
+                }
+                return Ok(true);
+            }
+            if !warned {
+                tracing::warn!(source = %self.config.id, depth, limit = self.ctx.max_outbox_events, "outbox full; pausing until sinks catch up");
+                warned = true;
+            }
+            if !sleep_or_cancel(Duration::from_millis(500), &self.ctx.shutdown).await {
+                return Ok(false);
+            }
+        }
+    }
+
+    async fn prune(&self) {
+        let id = self.config.id.clone();
+        let window = self.ctx.dedup_window;
+        match self
+            .ctx
+            .state
+            .call(move |db| db.prune_seen(&id, window))
+            .await
+        {
+            Ok(removed) => {
+                tracing::debug!(source = %self.config.id, removed, "pruned dedup window")
+            }
+            Err(e) => {
+                tracing::warn!(source = %self.config.id, error = %e, "pruning the dedup window failed")
+            }
+        }
+    }
+}
+
+/// Up to 10% extra (at most one second) so that many clients told the same
+/// Retry-After do not return in the same instant.
+fn jitter(base: Duration) -> Duration {
+    let cap = (base / 10).min(Duration::from_secs(1));
+    cap.mul_f64(rand::random::<f64>())
+}

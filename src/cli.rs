@@ -1,0 +1,365 @@
+//! The command line: parsing, logging setup, and one call into the library
+//! per subcommand. Exit codes: 0 success, 1 failure, 78 bad configuration.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use crate::asana::client::{AsanaClient, Position};
+use crate::config::{self, Config, ConfigErrors, LogConfig, LogFormat, SinkKind, SourceConfig};
+use crate::envelope::format_time;
+use crate::simulator::{SimArgs, Simulator};
+use crate::state::{SourceCursor, StateDb, StateLock};
+
+/// Streams SaaS audit logs (Asana) into a SIEM without losing an event.
+#[derive(Debug, Parser)]
+#[command(name = "auditrelay", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+struct ConfigArg {
+    /// The configuration file (TOML).
+    #[arg(
+        long,
+        short,
+        env = "AUDITRELAY_CONFIG",
+        default_value = "/etc/auditrelay/auditrelay.toml"
+    )]
+    config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Run(ConfigArg),
+    /// Validate the configuration, then reach every source and sink.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only validate the configuration (no network, no files written).
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Inspect or change the state file.
+    #[command(subcommand)]
+    State(StateCommand),
+    /// Serve the simulated Asana audit log API.
+    Simulate(SimArgs),
+    /// Run the simulator and the daemon together, printing events.
+    Demo(crate::demo::DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum StateCommand {
+    /// Print cursors, sink progress and outbox size.
+    Show {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget a source's position so it starts again (the daemon must be
+    /// stopped).
+    Reset {
+        /// The source's id.
+        source: String,
+        /// Restart from this time (RFC 3339) instead of the configured
+        /// first-run start.
+        #[arg(long)]
+        to: Option<chrono::DateTime<chrono::Utc>>,
+        /// Also forget which events were already delivered, so that the
+        /// events after the new start are delivered again.
+        #[arg(long)]
+        forget_seen: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+/// Parses the command line, runs it, and returns the exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("auditrelay")
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(error) => {
+            if let Some(config) = error.downcast_ref::<ConfigErrors>() {
+                eprintln!("error: {config}");
+                return ExitCode::from(config::EXIT_CONFIG as u8);
+            }
+            tracing::error!(error = %format!("{error:#}"), "auditrelay failed");
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(path: &Path) -> anyhow::Result<Config> {
+    Ok(config::load(path)?)
+}
+
+fn default_log() -> LogConfig {
+    LogConfig {
+        level: "info".into(),
+        format: LogFormat::Text,
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run(args) => {
+            let config = load(&args.config)?;
+            crate::telemetry::init(&config.log);
+            let shutdown = crate::shutdown::install()?;
+            crate::app::run(config, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { config, offline } => {
+            let config = load(&config.config)?;
+            println!("configuration {}: ok", "valid");
+            if offline {
+                return Ok(ExitCode::SUCCESS);
+            }
+            Ok(if check(&config).await {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::State(StateCommand::Show { config, json }) => {
+            let config = load(&config.config)?;
+            let summary =
+                tokio::task::spawn_blocking(move || StateDb::open(&config.state.path)?.summary())
+                    .await??;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                print_summary(&summary);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::State(StateCommand::Reset {
+            source,
+            to,
+            forget_seen,
+            config,
+        }) => {
+            let config = load(&config.config)?;
+            if !config.sources.iter().any(|s| s.id() == source) {
+                eprintln!("warning: {source:?} is not a source in the configuration");
+            }
+            let path = config.state.path.clone();
+            tokio::task::spawn_blocking(move || reset(&path, &source, to, forget_seen)).await??;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Simulate(args) => {
+            crate::telemetry::init(&default_log());
+            let shutdown = crate::shutdown::install()?;
+            let listener = tokio::net::TcpListener::bind(args.listen())
+                .await
+                .with_context(|| format!("binding {}", args.listen()))?;
+            let addr = listener.local_addr()?;
+            // Tests and scripts read this line to find the port.
+            println!("listening on http://{addr}/api/1.0");
+            let simulator = Simulator::new(args.to_config());
+            simulator
+                .serve(listener, shutdown.cancelled_owned())
+                .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo(args) => {
+            crate::telemetry::init(&LogConfig {
+                level: args.log_level.clone(),
+                format: LogFormat::Text,
+            });
+            let shutdown = crate::shutdown::install()?;
+            crate::demo::run(args, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Reaches every source and sink; prints one line each. True if all work.
+async fn check(config: &Config) -> bool {
+    let mut ok = true;
+    for source in &config.sources {
+        let SourceConfig::Asana(asana) = source;
+        let result = match AsanaClient::new(asana) {
+            Ok(client) => {
+                let since = chrono::Utc::now() - chrono::Duration::minutes(1);
+                client
+                    .fetch(&Position::StartAt(since))
+                    .await
+                    .map(|page| format!("ok ({} events in the last minute)", page.records.len()))
+                    .map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
+            Ok(line) => println!("source {}: {line}", asana.id),
+            Err(e) => {
+                ok = false;
+                println!("source {}: FAILED: {e}", asana.id);
+            }
+        }
+    }
+    for sink in &config.sinks {
+        let result = match &sink.kind {
+            SinkKind::Stdout => Ok(()),
+            SinkKind::File(file) => check_writable(&file.path),
+        };
+        match result {
+            Ok(()) => println!("sink {}: ok", sink.id),
+            Err(e) => {
+                ok = false;
+                println!("sink {}: FAILED: {e:#}", sink.id);
+            }
+        }
+    }
+    match check_writable_dir(&config.state.path) {
+        Ok(()) => println!("state {}: ok", config.state.path.display()),
+        Err(e) => {
+            ok = false;
+            println!("state {}: FAILED: {e:#}", config.state.path.display());
+        }
+    }
+    ok
+}
+
+fn check_writable(path: &Path) -> anyhow::Result<()> {
+    if path.exists() {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot append to {}", path.display()))?;
+        return Ok(());
+    }
+    check_writable_dir(path)
+}
+
+/// The nearest existing ancestor of `path` must be a writable directory.
+fn check_writable_dir(path: &Path) -> anyhow::Result<()> {
+    let mut dir = path.parent();
+    while let Some(d) = dir {
+        if d.as_os_str().is_empty() {
+            dir = Some(Path::new("."));
+            continue;
+        }
+        if d.exists() {
+            let probe =
+                tempfile_in(d).with_context(|| format!("{} is not writable", d.display()))?;
+            std::fs::remove_file(probe)?;
+            return Ok(());
+        }
+        dir = d.parent();
+    }
+    Ok(())
+}
+
+fn tempfile_in(dir: &Path) -> std::io::Result<PathBuf> {
+    let probe = dir.join(format!(".auditrelay-check-{}", std::process::id()));
+    std::fs::write(&probe, b"")?;
+    Ok(probe)
+}
+
+fn reset(
+    path: &Path,
+    source: &str,
+    to: Option<chrono::DateTime<chrono::Utc>>,
+    forget_seen: bool,
+) -> anyhow::Result<()> {
+    let _lock = StateLock::acquire(path).context("stop the daemon before resetting a source")?;
+    let mut db = StateDb::open(path)?;
+    match to {
+        Some(at) => {
+            let mut cursor = db.cursor(source)?.unwrap_or_default();
+            cursor = SourceCursor {
+                position: None,
+                stream_start: Some(at.timestamp_millis()),
+                last_event_time: None,
+                last_event_id: None,
+                ..cursor
+            };
+            db.set_cursor(source, "asana", &cursor)?;
+            println!(
+                "source {source}: will restart from {}",
+                format_time(at.timestamp_millis())
+            );
+        }
+        None => {
+            let existed = db.delete_cursor(source)?;
+            println!(
+                "source {source}: {}",
+                if existed {
+                    "cursor removed; the next run starts as a first run"
+                } else {
+                    "had no cursor"
+                }
+            );
+        }
+    }
+    if forget_seen {
+        let n = db.forget_seen(source)?;
+        println!("source {source}: forgot {n} delivered event ids");
+    }
+    Ok(())
+}
+
+fn print_summary(summary: &crate::state::StateSummary) {
+    println!(
+        "state file: {} (schema v{})",
+        summary.path.display(),
+        summary.schema_version
+    );
+    println!("sources:");
+    if summary.sources.is_empty() {
+        println!("  (none yet)");
+    }
+    let time = |t: Option<i64>| t.map_or_else(|| "-".to_string(), format_time);
+    for (id, kind, cursor) in &summary.sources {
+        println!(
+            "  {id} ({kind}): newest event {} (id {}), offset {}, stream start {}",
+            time(cursor.last_event_time),
+            cursor.last_event_id.as_deref().unwrap_or("-"),
+            if cursor.position.is_some() {
+                "held"
+            } else {
+                "none (restarts by time)"
+            },
+            time(cursor.stream_start),
+        );
+    }
+    println!("sinks:");
+    for sink in &summary.sinks {
+        let behind = summary
+            .outbox_newest_seq
+            .map_or(0, |n| (n - sink.acked_seq).max(0));
+        println!(
+            "  {} ({}{}): acknowledged up to seq {}, {behind} behind",
+            sink.sink_id,
+            sink.kind,
+            if sink.active { "" } else { ", not configured" },
+            sink.acked_seq
+        );
+    }
+    println!(
+        "outbox: {} events; dedup window: {} ids; quarantined records: {}",
+        summary.outbox_events, summary.seen_ids, summary.quarantined
+    );
+}

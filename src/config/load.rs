@@ -1,0 +1,655 @@
+//! Reading, layering and validating the configuration.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use super::raw;
+use super::{
+    AsanaConfig, AsanaFilters, Config, FileSinkConfig, LogConfig, LogFormat, SinkConfig, SinkKind,
+    SourceConfig, StartAt, StateConfig,
+};
+use crate::retry::BackoffPolicy;
+use crate::secret::Secret;
+
+/// Environment variables with this prefix override file keys:
+/// `AUDITRELAY__SOURCES__MAIN__POLL_INTERVAL=10s` sets
+/// `sources.main.poll_interval`.
+pub const ENV_PREFIX: &str = "AUDITRELAY";
+const ENV_SEPARATOR: &str = "__";
+
+/// One thing wrong with the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key (`sources.main.page_size`), or empty for the whole file.
+    pub key: String,
+    /// What is wrong, without the key.
+    pub message: String,
+    /// Where the value came from, when it matters.
+    pub origin: Option<String>,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}", self.message)?;
+        } else {
+            write!(f, "{}: {}", self.key, self.message)?;
+        }
+        if let Some(origin) = &self.origin {
+            write!(f, " (from {origin})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors {
+    pub file: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        write!(
+            f,
+            "invalid configuration {}: {n} problem{}",
+            self.file.display(),
+            if n == 1 { "" } else { "s" }
+        )?;
+        for problem in &self.problems {
+            write!(f, "\n  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Loads `path` with overrides from the process environment.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    load_with_env(path, std::env::vars().collect())
+}
+
+/// Loads `path` with overrides from `env` (all variables; those without
+/// the prefix are ignored, except the ones a `token_env` names).
+pub fn load_with_env(path: &Path, env: HashMap<String, String>) -> Result<Config, ConfigErrors> {
+    let mut loader = Loader {
+        file: path.to_path_buf(),
+        env,
+        problems: Vec::new(),
+    };
+    let config = loader.load();
+    match config {
+        Some(config) if loader.problems.is_empty() => Ok(config),
+        _ => Err(ConfigErrors {
+            file: path.to_path_buf(),
+            problems: loader.problems,
+        }),
+    }
+}
+
+struct Loader {
+    file: PathBuf,
+    env: HashMap<String, String>,
+    problems: Vec<Problem>,
+}
+
+impl Loader {
+    fn problem(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        let key = key.into();
+        let origin = self.origin_of(&key);
+        self.problems.push(Problem {
+            key,
+            message: message.into(),
+            origin,
+        });
+    }
+
+    /// Names the environment variable behind `key` when one is set.
+    fn origin_of(&self, key: &str) -> Option<String> {
+        if key.is_empty() {
+            return None;
+        }
+        let var = format!(
+            "{ENV_PREFIX}{ENV_SEPARATOR}{}",
+            key.replace('.', ENV_SEPARATOR).to_uppercase()
+        );
+        self.env
+            .contains_key(&var)
+            .then(|| format!("environment variable {var}"))
+    }
+
+    fn load(&mut self) -> Option<Config> {
+        let prefixed: config::Map<String, String> = self
+            .env
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}{ENV_SEPARATOR}")))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let built = config::Config::builder()
+            .add_source(
+                config::File::from(self.file.as_path())
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            )
+            .add_source(
+                config::Environment::with_prefix(ENV_PREFIX)
+                    .separator(ENV_SEPARATOR)
+                    .source(Some(prefixed)),
+            )
+            .build();
+        let built = match built {
+            Ok(built) => built,
+            Err(e) => {
+                self.problem("", format!("cannot read the configuration: {e}"));
+                return None;
+            }
+        };
+        let root: raw::Root = self.deserialize(built.cache, "")?;
+
+        let state = self.state(root.state);
+        let log = self.log(root.log);
+        let mut sources = Vec::new();
+        if root.sources.is_empty() {
+            self.problem("sources", "at least one source is required");
+        }
+        for (id, value) in root.sources {
+            self.check_id("sources", &id);
+            if let Some(source) = self.source(&id, value) {
+                sources.push(source);
+            }
+        }
+        let mut sinks = Vec::new();
+        if root.sinks.is_empty() {
+            self.problem("sinks", "at least one sink is required");
+        }
+        for (id, value) in root.sinks {
+            self.check_id("sinks", &id);
+            if let Some(sink) = self.sink(&id, value) {
+                sinks.push(sink);
+            }
+        }
+        self.cross_checks(&state, &sources, &sinks);
+        Some(Config {
+            state,
+            log: log?,
+            shutdown_grace: root.shutdown_grace.unwrap_or(Duration::from_secs(10)),
+            sources,
+            sinks,
+        })
+    }
+
+    /// Deserializes `value` (found at `prefix`), recording every error.
+    ///
+    /// serde stops at the first error, so after each one the offending key
+    /// is removed and deserialization runs again, until it succeeds or an
+    /// error cannot be attributed to a removable key. What parses in the end
+    /// is returned so that the rest can be checked too; the recorded
+    /// problems still fail the load.
+    fn deserialize<T: DeserializeOwned>(
+        &mut self,
+        mut value: config::Value,
+        prefix: &str,
+    ) -> Option<T> {
+        for _ in 0..64 {
+            match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+                Ok(parsed) => return Some(parsed),
+                Err(error) => {
+                    let path: Vec<String> = error
+                        .path()
+                        .iter()
+                        .filter_map(|segment| match segment {
+                            serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+                            serde_path_to_error::Segment::Seq { index } => Some(index.to_string()),
+                            _ => None,
+                        })
+                        .collect();
+                    let key = join_key(prefix, &path.join("."));
+                    self.problem(key, describe(error.inner()));
+                    if path.is_empty() || !remove_path(&mut value, &path) {
+                        return None;
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    fn check_id(&mut self, section: &str, id: &str) {
+        let valid = !id.is_empty()
+            && id.len() <= 64
+            && id
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+        if !valid {
+            self.problem(
+                format!("{section}.{id}"),
+                "ids may use only lowercase letters, digits, '_' and '-' (at most 64)",
+            );
+        }
+    }
+
+    fn state(&mut self, raw: raw::State) -> StateConfig {
+        let max_outbox_events = raw.max_outbox_events.unwrap_or(1_000_000);
+        if max_outbox_events == 0 {
+            self.problem("state.max_outbox_events", "must be at least 1");
+        }
+        let dedup_window = raw.dedup_window.unwrap_or(Duration::from_secs(24 * 3600));
+        StateConfig {
+            path: raw
+                .path
+                .unwrap_or_else(|| PathBuf::from("/var/lib/auditrelay/state.db")),
+            max_outbox_events,
+            dedup_window,
+        }
+    }
+
+    fn log(&mut self, raw: raw::Log) -> Option<LogConfig> {
+        let level = raw.level.unwrap_or_else(|| "info".to_string());
+        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&level) {
+            self.problem("log.level", format!("{level:?} is not a log filter: {e}"));
+        }
+        let format = match raw.format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                self.problem(
+                    "log.format",
+                    format!("{other:?} is not one of \"text\", \"json\""),
+                );
+                return None;
+            }
+        };
+        Some(LogConfig { level, format })
+    }
+
+    fn kind_of(&mut self, key: &str, value: &config::Value) -> Option<String> {
+        let kind = match &value.kind {
+            config::ValueKind::Table(table) => table.get("kind").cloned(),
+            _ => {
+                self.problem(key, "expected a table");
+                return None;
+            }
+        };
+        match kind.map(|k| k.kind) {
+            Some(config::ValueKind::String(kind)) => Some(kind),
+            Some(_) => {
+                self.problem(format!("{key}.kind"), "expected a string");
+                None
+            }
+            None => {
+                self.problem(format!("{key}.kind"), "missing");
+                None
+            }
+        }
+    }
+
+    fn source(&mut self, id: &str, value: config::Value) -> Option<SourceConfig> {
+        let key = format!("sources.{id}");
+        match self.kind_of(&key, &value)?.as_str() {
+            "asana" => {
+                let raw: raw::Asana = self.deserialize(value, &key)?;
+                self.asana(id, &key, raw).map(SourceConfig::Asana)
+            }
+            other => {
+                self.problem(
+                    format!("{key}.kind"),
+                    format!("unknown source kind {other:?} (known: \"asana\")"),
+                );
+                None
+            }
+        }
+    }
+
+    fn asana(&mut self, id: &str, key: &str, raw: raw::Asana) -> Option<AsanaConfig> {
+        let token = self.token(key, raw.token, raw.token_file, raw.token_env);
+        let base_url = raw
+            .base_url
+            .unwrap_or_else(|| "https://app.asana.com/api/1.0".to_string());
+        match reqwest::Url::parse(&base_url) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+            Ok(_) => self.problem(
+                format!("{key}.base_url"),
+                "must be an http:// or https:// URL",
+            ),
+            Err(e) => self.problem(
+                format!("{key}.base_url"),
+                format!("{base_url:?} is not a URL: {e}"),
+            ),
+        }
+        let workspace_gid = raw.workspace_gid.unwrap_or_default();
+        if workspace_gid.is_empty() || !workspace_gid.chars().all(|c| c.is_ascii_digit()) {
+            self.problem(
+                format!("{key}.workspace_gid"),
+                "required: the numeric gid of the Asana organization",
+            );
+        }
+        let page_size = raw.page_size.unwrap_or(100);
+        if !(1..=100).contains(&page_size) {
+            self.problem(
+                format!("{key}.page_size"),
+                format!("{page_size} is outside 1..=100 (Asana's limit range)"),
+            );
+        }
+        let start_at = match raw.start_at.as_deref() {
+            None => StartAt::Lookback(Duration::from_secs(7 * 24 * 3600)),
+            Some(text) => match parse_start_at(text) {
+                Ok(start) => start,
+                Err(message) => {
+                    self.problem(format!("{key}.start_at"), message);
+                    StartAt::Lookback(Duration::ZERO)
+                }
+            },
+        };
+        let poll_interval = self.positive(key, "poll_interval", raw.poll_interval, 30);
+        let request_timeout = self.positive(key, "request_timeout", raw.request_timeout, 30);
+        let slow_retry_interval =
+            self.positive(key, "slow_retry_interval", raw.slow_retry_interval, 300);
+        let retry = self.backoff(key, raw.retry_initial, raw.retry_max);
+        let filters = AsanaFilters {
+            event_type: raw.filters.event_type,
+            actor_type: raw.filters.actor_type,
+            actor_gid: raw.filters.actor_gid,
+            resource_gid: raw.filters.resource_gid,
+        };
+        if let Some(actor_type) = &filters.actor_type {
+            const ACTOR_TYPES: [&str; 5] = [
+                "user",
+                "asana",
+                "asana_support",
+                "anonymous",
+                "external_administrator",
+            ];
+            if !ACTOR_TYPES.contains(&actor_type.as_str()) {
+                self.problem(
+                    format!("{key}.filters.actor_type"),
+                    format!("{actor_type:?} is not one of {ACTOR_TYPES:?}"),
+                );
+            }
+        }
+        Some(AsanaConfig {
+            id: id.to_string(),
+            base_url,
+            workspace_gid,
+            token: token?,
+            filters,
+            page_size: u8::try_from(page_size).unwrap_or(100),
+            start_at,
+            poll_interval,
+            request_timeout,
+            restart_margin: raw.restart_margin.unwrap_or(Duration::from_secs(300)),
+            retry,
+            slow_retry_interval,
+        })
+    }
+
+    /// Resolves exactly one of `token`, `token_file`, `token_env`.
+    fn token(
+        &mut self,
+        key: &str,
+        inline: Option<String>,
+        file: Option<PathBuf>,
+        env: Option<String>,
+    ) -> Option<Secret> {
+        let given = usize::from(inline.is_some())
+            + usize::from(file.is_some())
+            + usize::from(env.is_some());
+        if given != 1 {
+            self.problem(
+                key,
+                if given == 0 {
+                    "one of `token`, `token_file` or `token_env` is required"
+                } else {
+                    "set only one of `token`, `token_file` or `token_env`"
+                },
+            );
+            return None;
+        }
+        let (field, value) = if let Some(token) = inline {
+            ("token", token)
+        } else if let Some(path) = file {
+            match std::fs::read_to_string(&path) {
+                Ok(text) => ("token_file", text.trim().to_string()),
+                Err(e) => {
+                    self.problem(
+                        format!("{key}.token_file"),
+                        format!("cannot read {}: {e}", path.display()),
+                    );
+                    return None;
+                }
+            }
+        } else {
+            let var = env.unwrap_or_default();
+            match self.env.get(&var) {
+                Some(value) => ("token_env", value.trim().to_string()),
+                None => {
+                    self.problem(
+                        format!("{key}.token_env"),
+                        format!("environment variable {var:?} is not set"),
+                    );
+                    return None;
+                }
+            }
+        };
+        if value.is_empty() {
+            self.problem(format!("{key}.{field}"), "the token is empty");
+            return None;
+        }
+        Some(Secret::new(value))
+    }
+
+    fn positive(
+        &mut self,
+        key: &str,
+        field: &str,
+        value: Option<Duration>,
+        default_secs: u64,
+    ) -> Duration {
+        let value = value.unwrap_or(Duration::from_secs(default_secs));
+        if value.is_zero() {
+            self.problem(format!("{key}.{field}"), "must be longer than zero");
+        }
+        value
+    }
+
+    fn backoff(
+        &mut self,
+        key: &str,
+        initial: Option<Duration>,
+        max: Option<Duration>,
+    ) -> BackoffPolicy {
+        let policy = BackoffPolicy {
+            initial: initial.unwrap_or(BackoffPolicy::default().initial),
+            max: max.unwrap_or(BackoffPolicy::default().max),
+        };
+        if policy.initial.is_zero() {
+            self.problem(format!("{key}.retry_initial"), "must be longer than zero");
+        }
+        if policy.initial > policy.max {
+            self.problem(
+                format!("{key}.retry_max"),
+                format!(
+                    "{} is shorter than retry_initial ({})",
+                    humantime::format_duration(policy.max),
+                    humantime::format_duration(policy.initial)
+                ),
+            );
+        }
+        policy
+    }
+
+    fn sink(&mut self, id: &str, value: config::Value) -> Option<SinkConfig> {
+        let key = format!("sinks.{id}");
+        let kind = self.kind_of(&key, &value)?;
+        let (batch_size, retry_initial, retry_max, kind) = match kind.as_str() {
+            "stdout" => {
+                let raw: raw::StdoutSink = self.deserialize(value, &key)?;
+                (
+                    raw.batch_size,
+                    raw.retry_initial,
+                    raw.retry_max,
+                    SinkKind::Stdout,
+                )
+            }
+            "file" => {
+                let raw: raw::FileSink = self.deserialize(value, &key)?;
+                let max_bytes = raw.max_bytes.unwrap_or(100 << 20);
+                if max_bytes < 1024 {
+                    self.problem(format!("{key}.max_bytes"), "must be at least 1KiB");
+                }
+                let max_files = raw.max_files.unwrap_or(10);
+                if max_files == 0 {
+                    self.problem(format!("{key}.max_files"), "must be at least 1");
+                }
+                let Some(path) = raw.path else {
+                    self.problem(format!("{key}.path"), "required: the file to write");
+                    return None;
+                };
+                let file = FileSinkConfig {
+                    path,
+                    max_bytes,
+                    max_files,
+                };
+                (
+                    raw.batch_size,
+                    raw.retry_initial,
+                    raw.retry_max,
+                    SinkKind::File(file),
+                )
+            }
+            other => {
+                self.problem(
+                    format!("{key}.kind"),
+                    format!("unknown sink kind {other:?} (known: \"stdout\", \"file\")"),
+                );
+                return None;
+            }
+        };
+        let batch_size = batch_size.unwrap_or(500);
+        if !(1..=100_000).contains(&batch_size) {
+            self.problem(
+                format!("{key}.batch_size"),
+                format!("{batch_size} is outside 1..=100000"),
+            );
+        }
+        let retry = self.backoff(&key, retry_initial, retry_max);
+        Some(SinkConfig {
+            id: id.to_string(),
+            batch_size,
+            retry,
+            kind,
+        })
+    }
+
+    fn cross_checks(
+        &mut self,
+        state: &StateConfig,
+        sources: &[SourceConfig],
+        sinks: &[SinkConfig],
+    ) {
+        for source in sources {
+            let SourceConfig::Asana(asana) = source;
+            if asana.restart_margin > state.dedup_window {
+                self.problem(
+                    "state.dedup_window",
+                    format!(
+                        "{} is shorter than sources.{}.restart_margin ({}): repeats after a restart would not be recognised",
+                        humantime::format_duration(state.dedup_window),
+                        asana.id,
+                        humantime::format_duration(asana.restart_margin)
+                    ),
+                );
+            }
+        }
+        let mut paths: BTreeMap<&Path, &str> = BTreeMap::new();
+        for sink in sinks {
+            if let SinkKind::File(file) = &sink.kind {
+                if let Some(other) = paths.insert(file.path.as_path(), &sink.id) {
+                    self.problem(
+                        format!("sinks.{}.path", sink.id),
+                        format!("{} is also the path of sink {other:?}", file.path.display()),
+                    );
+                }
+            }
+        }
+        let mut stdouts = sinks.iter().filter(|s| matches!(s.kind, SinkKind::Stdout));
+        if let (Some(_), Some(second)) = (stdouts.next(), stdouts.next()) {
+            self.problem(
+                format!("sinks.{}", second.id),
+                "only one stdout sink is allowed",
+            );
+        }
+    }
+}
+
+/// `start_at`: an RFC 3339 time, or a lookback such as `"7d"`.
+fn parse_start_at(text: &str) -> Result<StartAt, String> {
+    if let Ok(at) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(StartAt::At(at.with_timezone(&chrono::Utc)));
+    }
+    humantime::parse_duration(text)
+        .map(StartAt::Lookback)
+        .map_err(|_| format!("{text:?} is neither an RFC 3339 time nor a lookback such as \"7d\""))
+}
+
+fn join_key(prefix: &str, rest: &str) -> String {
+    match (prefix.is_empty(), rest.is_empty()) {
+        (true, _) => rest.to_string(),
+        (false, true) => prefix.to_string(),
+        (false, false) => format!("{prefix}.{rest}"),
+    }
+}
+
+/// A config-crate error as a message without the key and origin it may
+/// carry (the problem names those itself).
+fn describe(error: &config::ConfigError) -> String {
+    match error {
+        config::ConfigError::Type {
+            unexpected,
+            expected,
+            ..
+        } => format!("expected {expected}, found {unexpected}"),
+        config::ConfigError::At { error, .. } => describe(error),
+        config::ConfigError::Message(message) => message
+            .replace("unknown field", "unknown key")
+            .replace("missing field", "missing key"),
+        other => other.to_string(),
+    }
+}
+
+/// Removes the value at `path` from a table tree. Returns false when there
+/// is nothing there to remove.
+fn remove_path(value: &mut config::Value, path: &[String]) -> bool {
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    let mut node = value;
+    for key in parents {
+        node = match &mut node.kind {
+            config::ValueKind::Table(table) => match table.get_mut(key) {
+                Some(next) => next,
+                None => return false,
+            },
+            config::ValueKind::Array(items) => {
+                match key.parse::<usize>().ok().and_then(|i| items.get_mut(i)) {
+                    Some(next) => next,
+                    None => return false,
+                }
+            }
+            _ => return false,
+        };
+    }
+    match &mut node.kind {
+        config::ValueKind::Table(table) => table.remove(last).is_some(),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,179 @@
+//! Configuration: a TOML file plus `AUDITRELAY__…` environment overrides,
+//! validated into types that cannot hold an invalid setting.
+//!
+//! Loading never stops at the first problem: every unknown key, wrong type
+//! and invalid value is collected and reported together ([`ConfigErrors`]),
+//! each naming its key and where it came from (the file or an environment
+//! variable). The binary exits with 78 (EX_CONFIG) on any of them.
+
+mod load;
+mod raw;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+pub use load::{load, load_with_env, ConfigErrors, Problem, ENV_PREFIX};
+
+use crate::retry::BackoffPolicy;
+use crate::secret::Secret;
+
+/// Exit code for a bad configuration (sysexits.h EX_CONFIG).
+pub const EXIT_CONFIG: i32 = 78;
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub state: StateConfig,
+    pub log: LogConfig,
+    /// How long sinks keep draining the outbox after a stop signal.
+    pub shutdown_grace: Duration,
+    pub sources: Vec<SourceConfig>,
+    pub sinks: Vec<SinkConfig>,
+}
+
+/// The state file and its bounds.
+#[derive(Debug, Clone)]
+pub struct StateConfig {
+    pub path: PathBuf,
+    /// Sources pause while the outbox holds this many events.
+    pub max_outbox_events: u64,
+    /// How long event ids are remembered for dedup.
+    pub dedup_window: Duration,
+}
+
+/// Logging.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// A tracing filter directive (`info`, `auditrelay=debug,info`).
+    pub level: String,
+    pub format: LogFormat,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// One configured source.
+#[derive(Debug, Clone)]
+pub enum SourceConfig {
+    Asana(AsanaConfig),
+}
+
+impl SourceConfig {
+    /// The source's id (its key in the configuration).
+    pub fn id(&self) -> &str {
+        match self {
+            Self::Asana(c) => &c.id,
+        }
+    }
+
+    /// The API it polls.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Asana(_) => "asana",
+        }
+    }
+}
+
+/// An Asana workspace's audit log.
+#[derive(Debug, Clone)]
+pub struct AsanaConfig {
+    pub id: String,
+    /// API root, `https://app.asana.com/api/1.0` by default.
+    pub base_url: String,
+    pub workspace_gid: String,
+    /// The service account's personal access token.
+    pub token: Secret,
+    pub filters: AsanaFilters,
+    /// `limit` of each request, 1..=100.
+    pub page_size: u8,
+    /// Where the first run starts.
+    pub start_at: StartAt,
+    /// Sleep between polls once caught up.
+    pub poll_interval: Duration,
+    pub request_timeout: Duration,
+    /// How far before the last stored event a time-based restart begins.
+    pub restart_margin: Duration,
+    /// Backoff for transient failures.
+    pub retry: BackoffPolicy,
+    /// Pace of retries after failures only an operator can fix (401/403,
+    /// a rejected request).
+    pub slow_retry_interval: Duration,
+}
+
+/// Asana's optional query filters. The stream's offset is bound to them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AsanaFilters {
+    pub event_type: Option<String>,
+    pub actor_type: Option<String>,
+    pub actor_gid: Option<String>,
+    pub resource_gid: Option<String>,
+}
+
+impl AsanaFilters {
+    /// The filters that are set, as query parameters.
+    pub fn pairs(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            ("event_type", &self.event_type),
+            ("actor_type", &self.actor_type),
+            ("actor_gid", &self.actor_gid),
+            ("resource_gid", &self.resource_gid),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| value.as_deref().map(|v| (name, v)))
+    }
+}
+
+/// Where a source's first run starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    /// An absolute time.
+    At(DateTime<Utc>),
+    /// This long before the first run.
+    Lookback(Duration),
+}
+
+/// One configured sink.
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    pub id: String,
+    /// Outbox rows per delivery.
+    pub batch_size: usize,
+    /// Backoff between failed deliveries.
+    pub retry: BackoffPolicy,
+    pub kind: SinkKind,
+}
+
+/// What a sink writes to.
+#[derive(Debug, Clone)]
+pub enum SinkKind {
+    /// JSON lines on standard output.
+    Stdout,
+    /// JSON lines in a file, fsynced, rotated by size.
+    File(FileSinkConfig),
+}
+
+impl SinkKind {
+    /// The kind's name in the configuration.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Stdout => "stdout",
+            Self::File(_) => "file",
+        }
+    }
+}
+
+/// The file sink's settings.
+#[derive(Debug, Clone)]
+pub struct FileSinkConfig {
+    pub path: PathBuf,
+    /// Rotate before the file would grow past this many bytes.
+    pub max_bytes: u64,
+    /// Rotated files kept (`path.1` … `path.N`).
+    pub max_files: u32,
+}

@@ -1,0 +1,150 @@
+//! The configuration file's shape, as serde reads it. Every struct denies
+//! unknown keys; nothing here is validated beyond types (see `load.rs`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Root {
+    #[serde(default)]
+    pub(super) state: State,
+    #[serde(default)]
+    pub(super) log: Log,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) shutdown_grace: Option<Duration>,
+    /// Read by kind in a second step, so errors inside name their key.
+    #[serde(default)]
+    pub(super) sources: BTreeMap<String, config::Value>,
+    #[serde(default)]
+    pub(super) sinks: BTreeMap<String, config::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct State {
+    pub(super) path: Option<PathBuf>,
+    pub(super) max_outbox_events: Option<u64>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) dedup_window: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Log {
+    pub(super) level: Option<String>,
+    pub(super) format: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Asana {
+    #[allow(dead_code, reason = "read before dispatch; listed so the key is known")]
+    pub(super) kind: String,
+    pub(super) base_url: Option<String>,
+    pub(super) workspace_gid: Option<String>,
+    pub(super) token: Option<String>,
+    pub(super) token_file: Option<PathBuf>,
+    pub(super) token_env: Option<String>,
+    #[serde(default)]
+    pub(super) filters: AsanaFilters,
+    pub(super) page_size: Option<u32>,
+    pub(super) start_at: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) poll_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) request_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) restart_margin: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) retry_initial: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) retry_max: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) slow_retry_interval: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AsanaFilters {
+    pub(super) event_type: Option<String>,
+    pub(super) actor_type: Option<String>,
+    pub(super) actor_gid: Option<String>,
+    pub(super) resource_gid: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct StdoutSink {
+    #[allow(dead_code, reason = "read before dispatch; listed so the key is known")]
+    pub(super) kind: String,
+    pub(super) batch_size: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) retry_initial: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) retry_max: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileSink {
+    #[allow(dead_code, reason = "read before dispatch; listed so the key is known")]
+    pub(super) kind: String,
+    pub(super) path: Option<PathBuf>,
+    #[serde(default, deserialize_with = "byte_size")]
+    pub(super) max_bytes: Option<u64>,
+    pub(super) max_files: Option<u32>,
+    pub(super) batch_size: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) retry_initial: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) retry_max: Option<Duration>,
+}
+
+/// A size: a number of bytes, or a string such as `"100MiB"` or `"10 MB"`.
+fn byte_size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    match Option::<Size>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(Size::Bytes(n)) => Ok(Some(n)),
+        Some(Size::Text(text)) => parse_byte_size(&text)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
+}
+
+pub(super) fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size such as 1048576, \"512KiB\" or \"100MiB\""))?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" | "kB" => 1_000,
+        "KiB" => 1 << 10,
+        "MB" => 1_000_000,
+        "MiB" => 1 << 20,
+        "GB" => 1_000_000_000,
+        "GiB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} (use B, KB, KiB, MB, MiB, GB or GiB)"
+            ))
+        }
+    };
+    number
+        .checked_mul(factor)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}

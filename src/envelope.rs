@@ -1,0 +1,108 @@
+//! The output envelope: one JSON object per audit event, the contract with
+//! the SIEM. Documented field by field in README.md ("Output format").
+//!
+//! Stability rules: fields are only ever added; a change that removes or
+//! retypes a field bumps [`ENVELOPE_VERSION`]. Absent information is left
+//! out, never sent as a guess. The source's record travels untouched under
+//! `raw` (its exact bytes, so ids above 2^53 and key order survive).
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+/// Version of the envelope schema, carried in every event.
+pub const ENVELOPE_VERSION: u32 = 1;
+
+/// One audit event as every sink receives it.
+#[derive(Debug, Serialize)]
+pub struct Envelope<'a> {
+    /// Schema version, [`ENVELOPE_VERSION`].
+    pub envelope_version: u32,
+    /// Where the event came from.
+    pub source: SourceRef<'a>,
+    /// The source's own event id: stable, the key for downstream dedup.
+    pub id: &'a str,
+    /// When it happened, RFC 3339 UTC with milliseconds.
+    pub time: String,
+    /// When auditrelay stored it, RFC 3339 UTC with milliseconds.
+    pub observed_at: String,
+    /// The source's event type (Asana `event_type`).
+    #[serde(rename = "type")]
+    pub event_type: Option<&'a str>,
+    /// The source's category (Asana `event_category`).
+    pub category: Option<&'a str>,
+    /// `success`, `failure` or `unknown`.
+    pub outcome: Outcome,
+    /// Who did it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<Party<'a>>,
+    /// What it was done to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<Party<'a>>,
+    /// From where.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<Client<'a>>,
+    /// The source's record, byte for byte.
+    pub raw: &'a RawValue,
+}
+
+/// Provenance of an event.
+#[derive(Debug, Serialize)]
+pub struct SourceRef<'a> {
+    /// `asana` (later `anaplan`).
+    pub kind: &'static str,
+    /// The source's id in the configuration.
+    pub id: &'a str,
+    /// The tenant in that API (Asana: the workspace gid).
+    pub tenant: &'a str,
+}
+
+/// Whether the action succeeded, as far as the event says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Success,
+    Failure,
+    Unknown,
+}
+
+/// An actor or a target.
+#[derive(Debug, Default, Serialize)]
+pub struct Party<'a> {
+    /// The source's type for it (`user`, `task`, `asana_support`, …).
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'a str>,
+    /// A subtype where the source has one (`milestone`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subtype: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<&'a str>,
+}
+
+/// The client the action came from.
+#[derive(Debug, Default, Serialize)]
+pub struct Client<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<&'a str>,
+    /// How it was reached (`web`, `mobile`, `api`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context: Option<&'a str>,
+    /// For API calls: how the caller authenticated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_method: Option<&'a str>,
+    /// For OAuth calls: the app's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_name: Option<&'a str>,
+}
+
+/// RFC 3339 UTC with milliseconds, the envelope's one time format.
+pub fn format_time(unix_ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(unix_ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}

@@ -1,0 +1,34 @@
+//! auditrelay streams SaaS audit logs into a SIEM without losing an event.
+//!
+//! # Layout
+//!
+//! - [`cli`]: the command line; [`app`]: the daemon's tasks and stop order;
+//!   [`demo`]: simulator and daemon in one process.
+//! - [`config`]: TOML + environment, validated, every problem reported.
+//! - [`asana`]: the Asana audit log source (client, event mapping, stream).
+//! - [`source`]: what sources share (error classes, context, counters).
+//! - [`state`]: the SQLite state file: cursors, outbox, dedup, progress.
+//! - [`sink`]: sinks and the delivery loop (stdout, file).
+//! - [`envelope`]: the JSON contract with the SIEM.
+//! - [`retry`]: backoff and `Retry-After`; [`secret`]: credentials that
+//!   cannot leak; [`shutdown`]: signals; [`telemetry`]: logging.
+//! - [`simulator`]: the fake Asana API used by the demo, tests, benchmarks.
+//!
+//! See ARCHITECTURE.md for the invariants and how each is enforced.
+
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod asana;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod envelope;
+pub mod retry;
+pub mod secret;
+pub mod shutdown;
+pub mod simulator;
+pub mod sink;
+pub mod source;
+pub mod state;
+pub mod telemetry;

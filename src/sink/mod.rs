@@ -1,0 +1,160 @@
+//! Sinks: where events go, each with its own progress through the outbox.
+//!
+//! A sink task reads the outbox after its acknowledged seq, hands a batch to
+//! its [`Sink`], and records progress only once the sink acknowledged the
+//! whole batch (file: written and fsynced; stdout: written and flushed).
+//! Failures are retried with backoff, forever: a sink that is down holds
+//! its own progress back, never another sink's, and never loses an event.
+//! A crash between acknowledgement and the progress commit re-sends that one
+//! batch; every event carries its stable id for downstream dedup.
+
+mod file;
+mod stdout;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{SinkConfig, SinkKind};
+use crate::retry::Backoff;
+use crate::state::{OutboxRecord, SharedState, StateError};
+
+pub use file::FileSink;
+pub use stdout::StdoutSink;
+
+/// Why a delivery failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The destination is unavailable or refused for now: retry the batch.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The destination is gone for good (stdout's reader exited): stop the
+    /// sink; the outbox keeps its events for the next run.
+    #[error("{0}")]
+    Closed(String),
+}
+
+/// A destination for events.
+#[async_trait]
+pub trait Sink: Send {
+    /// Delivers the batch; `Ok` is the acknowledgement of every record in it.
+    async fn deliver(&mut self, batch: &[OutboxRecord]) -> Result<(), SinkError>;
+}
+
+/// Builds the sink a configuration describes.
+pub fn build(config: &SinkConfig) -> Box<dyn Sink> {
+    match &config.kind {
+        SinkKind::Stdout => Box::new(StdoutSink::new()),
+        SinkKind::File(file) => Box::new(FileSink::new(file.clone())),
+    }
+}
+
+/// What a sink task runs with.
+#[derive(Debug, Clone)]
+pub struct SinkContext {
+    pub state: SharedState,
+    /// Changes whenever a source stored events.
+    pub stored: watch::Receiver<u64>,
+    /// Cancelled once every source has stopped: drain, then stop.
+    pub sources_done: CancellationToken,
+    /// Cancelled when the drain time is over: stop now, even mid-batch.
+    pub hard_stop: CancellationToken,
+    /// Cancelled by a sink whose destination closed, to stop the process.
+    pub shutdown: CancellationToken,
+}
+
+/// Idle wake-up even without a notification, a safety net only.
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
+/// Runs one sink until the outbox is drained after the sources stopped, or
+/// until the hard stop.
+pub async fn run(
+    config: SinkConfig,
+    mut sink: Box<dyn Sink>,
+    mut ctx: SinkContext,
+) -> Result<(), StateError> {
+    let id = config.id.clone();
+    let mut acked = {
+        let id = id.clone();
+        ctx.state.call(move |db| db.acked_seq(&id)).await?
+    };
+    let mut backoff = Backoff::new(config.retry);
+    tracing::info!(sink = %id, kind = config.kind.name(), acked_seq = acked, "sink started");
+    loop {
+        // Marks the current notification as seen before reading, so a
+        // commit that lands after the read wakes the wait below.
+        ctx.stored.borrow_and_update();
+        let limit = config.batch_size;
+        let batch = ctx
+            .state
+            .call(move |db| db.read_outbox(acked, limit))
+            .await?;
+        let Some(last) = batch.last().map(|r| r.seq) else {
+            if ctx.sources_done.is_cancelled() {
+                break;
+            }
+            tokio::select! {
+                _ = ctx.stored.changed() => {}
+                () = tokio::time::sleep(IDLE_POLL) => {}
+                () = ctx.sources_done.cancelled() => {}
+                () = ctx.hard_stop.cancelled() => break,
+            }
+            continue;
+        };
+        loop {
+            let delivered = tokio::select! {
+                delivered = sink.deliver(&batch) => delivered,
+                // Unacknowledged: the batch stays in the outbox.
+                () = ctx.hard_stop.cancelled() => return Ok(()),
+            };
+            match delivered {
+                Ok(()) => break,
+                Err(SinkError::Closed(reason)) => {
+                    tracing::warn!(sink = %id, reason = %reason, "sink destination closed; stopping");
+                    ctx.shutdown.cancel();
+                    return Ok(());
+                }
+                Err(SinkError::Unavailable(reason)) => {
+                    let wait = backoff.next_delay();
+                    tracing::warn!(
+                        sink = %id,
+                        error = %reason,
+                        attempt = backoff.failures(),
+                        retry_in_ms = wait.as_millis() as u64,
+                        batch = batch.len(),
+                        "delivery failed; will retry"
+                    );
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = ctx.hard_stop.cancelled() => return Ok(()),
+                    }
+                }
+            }
+        }
+        backoff.reset();
+        let sink_id = id.clone();
+        let trimmed = ctx
+            .state
+            .call(move |db| {
+                db.ack(&sink_id, last)?;
+                db.trim_outbox()
+            })
+            .await?;
+        tracing::debug!(sink = %id, acked_seq = last, events = batch.len(), trimmed, "batch acknowledged");
+        acked = last;
+    }
+    tracing::info!(sink = %id, acked_seq = acked, "sink stopped");
+    Ok(())
+}
+
+/// A batch as JSON lines, one envelope per line.
+fn json_lines(batch: &[OutboxRecord]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(batch.iter().map(|r| r.payload.len() + 1).sum());
+    for record in batch {
+        buf.extend_from_slice(record.payload.as_bytes());
+        buf.push(b'\n');
+    }
+    buf
+}

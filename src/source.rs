@@ -1,0 +1,88 @@
+//! What every source shares: the error classes its loop branches on, the
+//! handles it runs with, and its counters.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::state::SharedState;
+
+/// Why a request to a source's API failed, by what the loop does next.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// 429: wait at least `retry_after` (when the API said), then retry.
+    #[error("rate limited (HTTP 429){}", retry_after.map(|d| format!(", retry after {}s", d.as_secs_f64())).unwrap_or_default())]
+    RateLimited { retry_after: Option<Duration> },
+    /// 5xx, timeouts, connection errors, truncated or non-JSON bodies:
+    /// retry with backoff, cursor unchanged.
+    #[error("{0}")]
+    Transient(String),
+    /// The API no longer accepts the stored cursor: restart by time.
+    #[error("cursor rejected (HTTP {status}): {message}")]
+    CursorExpired { status: u16, message: String },
+    /// 401/403: the credentials are wrong, revoked or lack the right; only
+    /// an operator can fix it, so retry slowly.
+    #[error("credentials rejected (HTTP {status}): {message}")]
+    Unauthorized { status: u16, message: String },
+    /// Any other 4xx: the request itself is wrong (a bad filter, an unknown
+    /// workspace); retry slowly in case it was the API's mistake.
+    #[error("request rejected (HTTP {status}): {message}")]
+    Rejected { status: u16, message: String },
+}
+
+/// Everything a source task runs with.
+#[derive(Debug, Clone)]
+pub struct SourceContext {
+    /// The state file.
+    pub state: SharedState,
+    /// Bumped after every commit that stored events, to wake the sinks.
+    pub stored: Arc<watch::Sender<u64>>,
+    /// Cancelled when the process should stop fetching.
+    pub shutdown: CancellationToken,
+    /// Sources pause while the outbox holds this many events.
+    pub max_outbox_events: u64,
+    /// How long event ids stay in the dedup window.
+    pub dedup_window: Duration,
+}
+
+impl SourceContext {
+    /// Tells the sinks that new events are in the outbox.
+    pub fn notify_stored(&self) {
+        self.stored.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// Counters of one source, for logs now and metrics later.
+#[derive(Debug, Default)]
+pub struct SourceStats {
+    pub requests: AtomicU64,
+    pub pages: AtomicU64,
+    pub events_stored: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub quarantined: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub transient_errors: AtomicU64,
+    pub auth_failures: AtomicU64,
+    pub rejected: AtomicU64,
+    pub cursor_restarts: AtomicU64,
+    pub retention_gaps: AtomicU64,
+}
+
+impl SourceStats {
+    /// Adds one to `counter` and returns the new value.
+    pub fn bump(counter: &AtomicU64) -> u64 {
+        counter.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+/// Sleeps for `duration` unless `token` is cancelled first. Returns false
+/// when cancelled.
+pub async fn sleep_or_cancel(duration: Duration, token: &CancellationToken) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(duration) => true,
+        () = token.cancelled() => false,
+    }
+}

@@ -1,0 +1,593 @@
+//! The SQLite state file: source cursors, the outbox, the dedup window,
+//! sink progress and quarantined records.
+//!
+//! Every invariant that involves durability is enforced here, in one place:
+//! - [`StateDb::commit_page`] stores a page's new events and the source's new
+//!   cursor in one transaction, and lets an event id in only once per source;
+//! - [`StateDb::ack`] moves a sink's progress forward only;
+//! - [`StateDb::trim_outbox`] deletes only rows every active sink acknowledged.
+//!
+//! rusqlite is blocking: async code reaches a [`StateDb`] through
+//! [`SharedState`], which runs each call on tokio's blocking pool.
+
+mod migrate;
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde::Serialize;
+
+pub use migrate::SCHEMA_VERSION;
+
+/// What can go wrong with the state file. None of these is retryable in the
+/// loop that hit it: the caller logs and backs off, or stops.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The file was written by a newer auditrelay.
+    #[error("state database schema version {found} is newer than this binary supports ({known}); upgrade auditrelay or point it at another state file")]
+    SchemaTooNew { found: i64, known: i64 },
+    /// A migration failed to apply.
+    #[error("applying migration {name} failed: {source}")]
+    Migration {
+        name: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// Another process holds the state file.
+    #[error("state file {path} is in use by another auditrelay process (lock {lock} is held)")]
+    Locked { path: PathBuf, lock: PathBuf },
+    /// Creating or opening the file failed.
+    #[error("cannot open state file {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// SQLite itself failed.
+    #[error("state database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The blocking task running the query panicked or was cancelled.
+    #[error("state database task failed: {0}")]
+    Task(String),
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn unix_ms_now() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// A source's place in its API, as stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SourceCursor {
+    /// The source's own cursor (Asana: `next_page.offset`), if it has one.
+    pub position: Option<String>,
+    /// Hash of the filters `position` was issued for.
+    pub filters_hash: String,
+    /// Where the stream started (unix ms), used while no event was stored.
+    pub stream_start: Option<i64>,
+    /// Time (unix ms) of the newest event stored.
+    pub last_event_time: Option<i64>,
+    /// Id of the newest event stored.
+    pub last_event_id: Option<String>,
+}
+
+/// One event ready for the outbox.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// The source's event id, the dedup key.
+    pub event_id: String,
+    /// When it happened (unix ms).
+    pub event_time: i64,
+    /// The serialized envelope, exactly what sinks send.
+    pub payload: String,
+}
+
+/// A record the source could not turn into an event.
+#[derive(Debug, Clone)]
+pub struct Quarantined {
+    /// Why, naming the record and the field.
+    pub reason: String,
+    /// The record as received.
+    pub raw: String,
+}
+
+/// What [`StateDb::commit_page`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PageOutcome {
+    /// Events that entered the outbox.
+    pub stored: u64,
+    /// Events dropped because their id was already in the dedup window.
+    pub duplicates: u64,
+    /// Records quarantined.
+    pub quarantined: u64,
+}
+
+/// One outbox row as a sink reads it.
+#[derive(Debug, Clone)]
+pub struct OutboxRecord {
+    /// Position in the outbox; progress is tracked by it.
+    pub seq: i64,
+    /// The source that stored it.
+    pub source_id: String,
+    /// The source's event id.
+    pub event_id: String,
+    /// The serialized envelope.
+    pub payload: String,
+}
+
+/// A sink's stored progress.
+#[derive(Debug, Clone, Serialize)]
+pub struct SinkProgress {
+    pub sink_id: String,
+    pub kind: String,
+    pub acked_seq: i64,
+    pub active: bool,
+    pub updated_at: i64,
+}
+
+/// A summary for `auditrelay state show`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StateSummary {
+    pub path: PathBuf,
+    pub schema_version: i64,
+    pub sources: Vec<(String, String, SourceCursor)>,
+    pub sinks: Vec<SinkProgress>,
+    pub outbox_events: i64,
+    pub outbox_oldest_seq: Option<i64>,
+    pub outbox_newest_seq: Option<i64>,
+    pub seen_ids: i64,
+    pub quarantined: i64,
+}
+
+/// An open state file.
+#[derive(Debug)]
+pub struct StateDb {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl StateDb {
+    /// Opens (creating with mode 0600 if needed) and migrates the state file.
+    pub fn open(path: &Path) -> Result<Self, StateError> {
+        let open_err = |source| StateError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(open_err)?;
+        }
+        // Create the file ourselves so that it never exists with a wider
+        // mode; SQLite gives its -wal and -shm files the same mode.
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(open_err)?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(open_err)?;
+        drop(file);
+        let mut conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(30))?;
+        // WAL: readers (sinks) never block the writer (sources). With WAL,
+        // synchronous=NORMAL survives any process crash; after a power loss
+        // the last transactions may roll back, but a cursor always rolls
+        // back together with the events it covers, so nothing is lost: the
+        // API is asked again.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        migrate::migrate(&mut conn)?;
+        Ok(Self {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The file this handle is open on.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A source's stored cursor, if it ever stored one.
+    pub fn cursor(&self, source_id: &str) -> Result<Option<SourceCursor>, StateError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT position, filters_hash, stream_start, last_event_time, last_event_id
+                 FROM source_cursor WHERE source_id = ?1",
+                [source_id],
+                |row| {
+                    Ok(SourceCursor {
+                        position: row.get(0)?,
+                        filters_hash: row.get(1)?,
+                        stream_start: row.get(2)?,
+                        last_event_time: row.get(3)?,
+                        last_event_id: row.get(4)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Stores a cursor on its own, for moves that carry no events (a
+    /// recovery restart, the first run's start point).
+    pub fn set_cursor(
+        &mut self,
+        source_id: &str,
+        kind: &str,
+        cursor: &SourceCursor,
+    ) -> Result<(), StateError> {
+        let tx = self.conn.transaction()?;
+        upsert_cursor(&tx, source_id, kind, cursor)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Forgets a source's cursor; its next run starts as a first run.
+    pub fn delete_cursor(&mut self, source_id: &str) -> Result<bool, StateError> {
+        Ok(self.conn.execute(
+            "DELETE FROM source_cursor WHERE source_id = ?1",
+            [source_id],
+        )? > 0)
+    }
+
+    /// Empties a source's dedup window, so that a replay after
+    /// `state reset` delivers events again.
+    pub fn forget_seen(&mut self, source_id: &str) -> Result<u64, StateError> {
+        Ok(self
+            .conn
+            .execute("DELETE FROM seen WHERE source_id = ?1", [source_id])? as u64)
+    }
+
+    /// Stores one page: its events that are not in the dedup window enter
+    /// the outbox, its bad records go to quarantine, and the source's cursor
+    /// moves to `cursor`, all in one transaction. A crash at any point leaves
+    /// either all of it or none of it.
+    pub fn commit_page(
+        &mut self,
+        source_id: &str,
+        kind: &str,
+        events: &[NewEvent],
+        quarantined: &[Quarantined],
+        cursor: &SourceCursor,
+    ) -> Result<PageOutcome, StateError> {
+        let now = unix_ms_now();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut outcome = PageOutcome::default();
+        {
+            let mut seen = tx.prepare_cached(
+                "INSERT OR IGNORE INTO seen (source_id, event_id, event_time, seen_at)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            let mut outbox = tx.prepare_cached(
+                "INSERT INTO outbox (source_id, event_id, event_time, enqueued_at, payload)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for event in events {
+                let fresh =
+                    seen.execute(params![source_id, event.event_id, event.event_time, now])? == 1;
+                if fresh {
+                    outbox.execute(params![
+                        source_id,
+                        event.event_id,
+                        event.event_time,
+                        now,
+                        event.payload
+                    ])?;
+                    outcome.stored += 1;
+                } else {
+                    outcome.duplicates += 1;
+                }
+            }
+            let mut quarantine = tx.prepare_cached(
+                "INSERT INTO quarantine (source_id, reason, raw, received_at) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for record in quarantined {
+                quarantine.execute(params![source_id, record.reason, record.raw, now])?;
+                outcome.quarantined += 1;
+            }
+        }
+        upsert_cursor(&tx, source_id, kind, cursor)?;
+        tx.commit()?;
+        Ok(outcome)
+    }
+
+    /// Drops dedup entries of `source_id` older than `window`, both by event
+    /// time (relative to the newest stored event) and by insert time, so the
+    /// window survives a long outage and holds late events long enough.
+    pub fn prune_seen(&mut self, source_id: &str, window: Duration) -> Result<u64, StateError> {
+        let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+        let newest: Option<i64> = self.conn.query_row(
+            "SELECT MAX(event_time) FROM seen WHERE source_id = ?1",
+            [source_id],
+            |row| row.get(0),
+        )?;
+        let Some(newest) = newest else { return Ok(0) };
+        let removed = self.conn.execute(
+            "DELETE FROM seen WHERE source_id = ?1 AND event_time < ?2 AND seen_at < ?3",
+            params![
+                source_id,
+                newest.saturating_sub(window_ms),
+                unix_ms_now().saturating_sub(window_ms)
+            ],
+        )?;
+        Ok(removed as u64)
+    }
+
+    /// Events in the outbox (rows are deleted as a prefix, so seq bounds it).
+    pub fn outbox_depth(&self) -> Result<i64, StateError> {
+        Ok(self.conn.query_row(
+            "SELECT COALESCE(MAX(seq) - MIN(seq) + 1, 0) FROM outbox",
+            [],
+            |row| row.get(0),
+        )?)
+    }
+
+    /// Marks the configured sinks active (registering new ones at the oldest
+    /// row still in the outbox) and every other sink inactive.
+    pub fn register_sinks(&mut self, sinks: &[(String, &'static str)]) -> Result<(), StateError> {
+        let now = unix_ms_now();
+        let tx = self.conn.transaction()?;
+        tx.execute("UPDATE sink_progress SET active = 0", [])?;
+        for (id, kind) in sinks {
+            // A new sink starts with whatever the outbox still holds.
+            tx.execute(
+                "INSERT INTO sink_progress (sink_id, kind, acked_seq, active, updated_at)
+                 VALUES (?1, ?2,
+                     COALESCE((SELECT MIN(seq) - 1 FROM outbox),
+                              (SELECT seq FROM sqlite_sequence WHERE name = 'outbox'),
+                              0),
+                     1, ?3)
+                 ON CONFLICT (sink_id) DO UPDATE SET active = 1, kind = excluded.kind",
+                params![id, kind, now],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The highest outbox seq `sink_id` acknowledged.
+    pub fn acked_seq(&self, sink_id: &str) -> Result<i64, StateError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT acked_seq FROM sink_progress WHERE sink_id = ?1",
+                [sink_id],
+                |row| row.get(0),
+            )
+            .optional()?
+            .unwrap_or(0))
+    }
+
+    /// Up to `limit` outbox rows after `after`, in order.
+    pub fn read_outbox(&self, after: i64, limit: usize) -> Result<Vec<OutboxRecord>, StateError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, source_id, event_id, payload FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![after, limit as i64], |row| {
+            Ok(OutboxRecord {
+                seq: row.get(0)?,
+                source_id: row.get(1)?,
+                event_id: row.get(2)?,
+                payload: row.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records that `sink_id` acknowledged every row up to `seq`. Progress
+    /// never moves backwards.
+    pub fn ack(&mut self, sink_id: &str, seq: i64) -> Result<(), StateError> {
+        self.conn.execute(
+            "UPDATE sink_progress SET acked_seq = ?2, updated_at = ?3
+             WHERE sink_id = ?1 AND acked_seq < ?2",
+            params![sink_id, seq, unix_ms_now()],
+        )?;
+        Ok(())
+    }
+
+    /// Deletes outbox rows every active sink acknowledged. Returns how many.
+    pub fn trim_outbox(&mut self) -> Result<u64, StateError> {
+        let removed = self.conn.execute(
+            "DELETE FROM outbox WHERE seq <=
+                 (SELECT MIN(acked_seq) FROM sink_progress WHERE active = 1)",
+            [],
+        )?;
+        Ok(removed as u64)
+    }
+
+    /// Everything `auditrelay state show` prints.
+    pub fn summary(&self) -> Result<StateSummary, StateError> {
+        let mut sources = Vec::new();
+        {
+            let mut stmt = self.conn.prepare(
+                "SELECT source_id, kind, position, filters_hash, stream_start, last_event_time,
+                        last_event_id FROM source_cursor ORDER BY source_id",
+            )?;
+            let rows = stmt.query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    SourceCursor {
+                        position: row.get(2)?,
+                        filters_hash: row.get(3)?,
+                        stream_start: row.get(4)?,
+                        last_event_time: row.get(5)?,
+                        last_event_id: row.get(6)?,
+                    },
+                ))
+            })?;
+            for row in rows {
+                sources.push(row?);
+            }
+        }
+        let mut sinks = Vec::new();
+        {
+            let mut stmt = self.conn.prepare(
+                "SELECT sink_id, kind, acked_seq, active, updated_at FROM sink_progress ORDER BY sink_id",
+            )?;
+            let rows = stmt.query_map([], |row| {
+                Ok(SinkProgress {
+                    sink_id: row.get(0)?,
+                    kind: row.get(1)?,
+                    acked_seq: row.get(2)?,
+                    active: row.get(3)?,
+                    updated_at: row.get(4)?,
+                })
+            })?;
+            for row in rows {
+                sinks.push(row?);
+            }
+        }
+        let (oldest, newest): (Option<i64>, Option<i64>) =
+            self.conn
+                .query_row("SELECT MIN(seq), MAX(seq) FROM outbox", [], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })?;
+        let count = |sql: &str| -> Result<i64, StateError> {
+            Ok(self.conn.query_row(sql, [], |row| row.get(0))?)
+        };
+        Ok(StateSummary {
+            path: self.path.clone(),
+            schema_version: SCHEMA_VERSION,
+            sources,
+            sinks,
+            outbox_events: self.outbox_depth()?,
+            outbox_oldest_seq: oldest,
+            outbox_newest_seq: newest,
+            seen_ids: count("SELECT COUNT(*) FROM seen")?,
+            quarantined: count("SELECT COUNT(*) FROM quarantine")?,
+        })
+    }
+}
+
+fn upsert_cursor(
+    tx: &rusqlite::Transaction<'_>,
+    source_id: &str,
+    kind: &str,
+    cursor: &SourceCursor,
+) -> Result<(), StateError> {
+    tx.execute(
+        "INSERT INTO source_cursor
+             (source_id, kind, position, filters_hash, stream_start, last_event_time, last_event_id, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (source_id) DO UPDATE SET
+             kind = excluded.kind, position = excluded.position,
+             filters_hash = excluded.filters_hash, stream_start = excluded.stream_start,
+             last_event_time = excluded.last_event_time, last_event_id = excluded.last_event_id,
+             updated_at = excluded.updated_at",
+        params![
+            source_id,
+            kind,
+            cursor.position,
+            cursor.filters_hash,
+            cursor.stream_start,
+            cursor.last_event_time,
+            cursor.last_event_id,
+            unix_ms_now()
+        ],
+    )?;
+    Ok(())
+}
+
+/// An exclusive lock on a state file, held for the life of the process that
+/// writes it, so two daemons (or a daemon and `state reset`) never share one.
+#[derive(Debug)]
+pub struct StateLock {
+    _file: File,
+}
+
+impl StateLock {
+    /// Takes the lock next to `state_path`, failing at once if it is held.
+    pub fn acquire(state_path: &Path) -> Result<Self, StateError> {
+        let mut lock_path = state_path.as_os_str().to_owned();
+        lock_path.push(".lock");
+        let lock_path = PathBuf::from(lock_path);
+        if let Some(dir) = lock_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|source| StateError::Open {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(|source| StateError::Open {
+                path: lock_path.clone(),
+                source,
+            })?;
+        match file.try_lock() {
+            Ok(()) => Ok(Self { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(StateError::Locked {
+                path: state_path.to_path_buf(),
+                lock: lock_path,
+            }),
+            Err(std::fs::TryLockError::Error(source)) => Err(StateError::Open {
+                path: lock_path,
+                source,
+            }),
+        }
+    }
+}
+
+/// A [`StateDb`] usable from async code: each call runs on the blocking pool
+/// so SQLite never stalls the runtime.
+#[derive(Debug, Clone)]
+pub struct SharedState {
+    db: Arc<Mutex<StateDb>>,
+}
+
+impl SharedState {
+    /// Opens `path` (see [`StateDb::open`]).
+    pub fn open(path: &Path) -> Result<Self, StateError> {
+        Ok(Self::new(StateDb::open(path)?))
+    }
+
+    /// Wraps an open database.
+    pub fn new(db: StateDb) -> Self {
+        Self {
+            db: Arc::new(Mutex::new(db)),
+        }
+    }
+
+    /// Runs `f` with the database on the blocking pool.
+    pub async fn call<T, F>(&self, f: F) -> Result<T, StateError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut StateDb) -> Result<T, StateError> + Send + 'static,
+    {
+        let db = Arc::clone(&self.db);
+        tokio::task::spawn_blocking(move || {
+            // A poisoned lock means a panic mid-call; SQLite rolled the open
+            // transaction back, so the connection itself is still sound.
+            let mut guard = db.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StateError::Task(e.to_string()))?
+    }
+}
+
+#[cfg(test)]
+mod tests;

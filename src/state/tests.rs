@@ -1,0 +1,224 @@
+use super::*;
+
+fn event(id: &str, time: i64) -> NewEvent {
+    NewEvent {
+        event_id: id.to_string(),
+        event_time: time,
+        payload: format!("{{\"id\":\"{id}\"}}"),
+    }
+}
+
+fn cursor(pos: &str, last: i64) -> SourceCursor {
+    SourceCursor {
+        position: Some(pos.to_string()),
+        filters_hash: "h".into(),
+        stream_start: Some(0),
+        last_event_time: Some(last),
+        last_event_id: None,
+    }
+}
+
+fn open_tmp() -> (tempfile::TempDir, StateDb) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = StateDb::open(&dir.path().join("sub/state.db")).unwrap();
+    (dir, db)
+}
+
+#[test]
+fn state_file_is_private_and_versioned() {
+    let (dir, db) = open_tmp();
+    let path = dir.path().join("sub/state.db");
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let version: i64 = db
+        .conn
+        .query_row("SELECT MAX(version) FROM schema_migrations", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    drop(db);
+    // Reopening applies nothing and keeps the data.
+    StateDb::open(&path).unwrap();
+}
+
+#[test]
+fn newer_schema_is_refused() {
+    let (dir, db) = open_tmp();
+    db.conn
+        .execute(
+            "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, 'future.sql', 0)",
+            [SCHEMA_VERSION + 1],
+        )
+        .unwrap();
+    drop(db);
+    let err = StateDb::open(&dir.path().join("sub/state.db")).unwrap_err();
+    assert!(matches!(err, StateError::SchemaTooNew { .. }), "{err}");
+    assert!(err.to_string().contains("newer than this binary"), "{err}");
+}
+
+#[test]
+fn page_commit_dedups_and_moves_cursor_atomically() {
+    let (_dir, mut db) = open_tmp();
+    let out = db
+        .commit_page(
+            "a",
+            "asana",
+            &[event("1", 10), event("2", 20)],
+            &[],
+            &cursor("p1", 20),
+        )
+        .unwrap();
+    assert_eq!((out.stored, out.duplicates), (2, 0));
+    let out = db
+        .commit_page(
+            "a",
+            "asana",
+            &[event("2", 20), event("3", 30), event("3", 30)],
+            &[Quarantined {
+                reason: "record 1: missing created_at".into(),
+                raw: "{}".into(),
+            }],
+            &cursor("p2", 30),
+        )
+        .unwrap();
+    assert_eq!((out.stored, out.duplicates, out.quarantined), (1, 2, 1));
+    // The same id from another source is a different event.
+    let out = db
+        .commit_page("b", "asana", &[event("1", 10)], &[], &cursor("q", 10))
+        .unwrap();
+    assert_eq!(out.stored, 1);
+    assert_eq!(
+        db.cursor("a").unwrap().unwrap().position.as_deref(),
+        Some("p2")
+    );
+    let rows = db.read_outbox(0, 100).unwrap();
+    let ids: Vec<_> = rows
+        .iter()
+        .map(|r| (r.source_id.as_str(), r.event_id.as_str()))
+        .collect();
+    assert_eq!(ids, [("a", "1"), ("a", "2"), ("a", "3"), ("b", "1")]);
+    assert_eq!(db.summary().unwrap().quarantined, 1);
+}
+
+#[test]
+fn failed_commit_moves_nothing() {
+    let (_dir, mut db) = open_tmp();
+    db.commit_page("a", "asana", &[event("1", 10)], &[], &cursor("p1", 10))
+        .unwrap();
+    // Make the outbox insert fail half way through the page.
+    db.conn
+        .execute_batch(
+            "CREATE TRIGGER fail_on_boom BEFORE INSERT ON outbox WHEN NEW.event_id = 'boom'
+             BEGIN SELECT RAISE(ABORT, 'injected'); END;",
+        )
+        .unwrap();
+    let err = db.commit_page(
+        "a",
+        "asana",
+        &[event("2", 20), event("boom", 30)],
+        &[],
+        &cursor("p2", 30),
+    );
+    assert!(err.is_err());
+    assert_eq!(
+        db.cursor("a").unwrap().unwrap().position.as_deref(),
+        Some("p1")
+    );
+    assert_eq!(db.read_outbox(0, 10).unwrap().len(), 1);
+    // Event 2 did not enter the dedup window either, so a retry stores it.
+    db.conn.execute_batch("DROP TRIGGER fail_on_boom").unwrap();
+    let out = db
+        .commit_page("a", "asana", &[event("2", 20)], &[], &cursor("p2", 20))
+        .unwrap();
+    assert_eq!(out.stored, 1);
+}
+
+#[test]
+fn progress_is_monotonic_and_trim_waits_for_every_active_sink() {
+    let (_dir, mut db) = open_tmp();
+    let events: Vec<_> = (1..=5).map(|i| event(&i.to_string(), i)).collect();
+    db.commit_page("a", "asana", &events, &[], &cursor("p", 5))
+        .unwrap();
+    db.register_sinks(&[("file".into(), "file"), ("out".into(), "stdout")])
+        .unwrap();
+    assert_eq!(db.acked_seq("file").unwrap(), 0);
+    db.ack("file", 4).unwrap();
+    db.ack("file", 2).unwrap();
+    assert_eq!(db.acked_seq("file").unwrap(), 4);
+    assert_eq!(
+        db.trim_outbox().unwrap(),
+        0,
+        "stdout acknowledged nothing yet"
+    );
+    db.ack("out", 3).unwrap();
+    assert_eq!(db.trim_outbox().unwrap(), 3);
+    assert_eq!(db.outbox_depth().unwrap(), 2);
+    // Removing "out" from the configuration stops it holding rows back, and
+    // a sink added later starts at the oldest row still present.
+    db.register_sinks(&[("file".into(), "file"), ("late".into(), "file")])
+        .unwrap();
+    assert_eq!(db.acked_seq("late").unwrap(), 3);
+    db.ack("late", 5).unwrap();
+    assert_eq!(db.trim_outbox().unwrap(), 1);
+    let rows = db.read_outbox(db.acked_seq("file").unwrap(), 10).unwrap();
+    assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), [5]);
+}
+
+#[test]
+fn new_sink_on_an_empty_but_used_outbox_starts_after_the_last_seq() {
+    let (_dir, mut db) = open_tmp();
+    db.register_sinks(&[("file".into(), "file")]).unwrap();
+    db.commit_page(
+        "a",
+        "asana",
+        &[event("1", 1), event("2", 2)],
+        &[],
+        &cursor("p", 2),
+    )
+    .unwrap();
+    db.ack("file", 2).unwrap();
+    db.trim_outbox().unwrap();
+    db.register_sinks(&[("file".into(), "file"), ("new".into(), "file")])
+        .unwrap();
+    assert_eq!(db.acked_seq("new").unwrap(), 2);
+}
+
+#[test]
+fn seen_window_is_pruned_by_event_time_and_age() {
+    let (_dir, mut db) = open_tmp();
+    let hour = 3_600_000;
+    db.commit_page(
+        "a",
+        "asana",
+        &[event("old", 0), event("new", 10 * hour)],
+        &[],
+        &cursor("p", 10 * hour),
+    )
+    .unwrap();
+    // Just inserted: event time says prune, insert time says keep.
+    assert_eq!(db.prune_seen("a", Duration::from_secs(3600)).unwrap(), 0);
+    db.conn.execute("UPDATE seen SET seen_at = 0", []).unwrap();
+    assert_eq!(db.prune_seen("a", Duration::from_secs(3600)).unwrap(), 1);
+    let out = db
+        .commit_page(
+            "a",
+            "asana",
+            &[event("new", 10 * hour)],
+            &[],
+            &cursor("p", 10 * hour),
+        )
+        .unwrap();
+    assert_eq!(out.duplicates, 1, "the recent id is still in the window");
+}
+
+#[test]
+fn lock_is_exclusive() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let held = StateLock::acquire(&path).unwrap();
+    let err = StateLock::acquire(&path).unwrap_err();
+    assert!(matches!(err, StateError::Locked { .. }), "{err}");
+    drop(held);
+    StateLock::acquire(&path).unwrap();
+}

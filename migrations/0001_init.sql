@@ -6,9 +6,10 @@
 
 -- Where each source is in its API. `position` is the source's own cursor
 -- (Asana: the opaque next_page.offset); `filters_hash` binds it to the
--- filters it was issued for; `stream_start` is the start_at the stream began
--- from; `last_event_time` (unix ms) and `last_event_id` name the newest
--- event stored, the restart point when a position is lost.
+-- filters it was issued for; `stream_start` is the start_at (unix ms) of
+-- the current stream, sent with each of its requests; `last_event_time`
+-- (unix ms) and `last_event_id` name the newest event stored, from which a
+-- new stream starts when a position is lost.
 CREATE TABLE source_cursor (
     source_id       TEXT PRIMARY KEY,
     kind            TEXT NOT NULL,

@@ -132,7 +132,11 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Check { config, offline } => {
             let config = load(&config.config)?;
-            println!("configuration {}: ok", "valid");
+            println!(
+                "configuration valid: {} sources, {} sinks",
+                config.sources.len(),
+                config.sinks.len()
+            );
             if offline {
                 return Ok(ExitCode::SUCCESS);
             }
@@ -204,7 +208,10 @@ async fn check(config: &Config) -> bool {
             Ok(client) => {
                 let since = chrono::Utc::now() - chrono::Duration::minutes(1);
                 client
-                    .fetch(&Position::StartAt(since))
+                    .fetch(&Position {
+                        start_at: since,
+                        offset: None,
+                    })
                     .await
                     .map(|page| format!("ok ({} events in the last minute)", page.records.len()))
                     .map_err(|e| e.to_string())

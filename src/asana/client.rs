@@ -17,13 +17,15 @@ use crate::retry::parse_retry_after;
 use crate::secret::Secret;
 use crate::source::SourceError;
 
-/// Where a request starts.
+/// Where a request starts. An offset is bound to the parameters of the
+/// stream it came from, so every request of a stream repeats its
+/// `start_at` (as `next_page.path` does), with the offset once there is one.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Position {
-    /// Continue the stream from an offset the API returned.
-    Offset(String),
-    /// Start a new stream at this time (inclusive).
-    StartAt(DateTime<Utc>),
+pub struct Position {
+    /// The stream's start (inclusive).
+    pub start_at: DateTime<Utc>,
+    /// The latest `next_page.offset` of the stream, if any.
+    pub offset: Option<String>,
 }
 
 /// One page of the stream.
@@ -73,20 +75,20 @@ impl AsanaClient {
 
     /// Fetches one page.
     pub async fn fetch(&self, position: &Position) -> Result<Page, SourceError> {
-        let mut query: Vec<(&str, String)> = vec![("limit", self.page_size.to_string())];
-        let with_offset = match position {
-            Position::Offset(offset) => {
-                query.push(("offset", offset.clone()));
-                true
-            }
-            Position::StartAt(at) => {
-                query.push(("start_at", at.to_rfc3339_opts(SecondsFormat::Millis, true)));
-                false
-            }
-        };
+        let mut query: Vec<(&str, String)> = vec![(
+            "start_at",
+            position
+                .start_at
+                .to_rfc3339_opts(SecondsFormat::Millis, true),
+        )];
         for (name, value) in self.filters.pairs() {
             query.push((name, value.to_string()));
         }
+        query.push(("limit", self.page_size.to_string()));
+        if let Some(offset) = &position.offset {
+            query.push(("offset", offset.clone()));
+        }
+        let with_offset = position.offset.is_some();
         let mut auth =
             HeaderValue::from_str(&format!("Bearer {}", self.token.expose())).map_err(|_| {
                 SourceError::Rejected {

@@ -81,6 +81,7 @@ impl AsanaSource {
         let mut cursor = self.load_cursor().await?;
         let mut backoff = Backoff::new(self.config.retry);
         let mut last_prune = tokio::time::Instant::now();
+        let mut expired_in_a_row = 0u32;
         tracing::info!(
             source = %id,
             workspace = %self.config.workspace_gid,
@@ -102,6 +103,9 @@ impl AsanaSource {
             let delay = match fetched {
                 Ok(page) => {
                     backoff.reset();
+                    if position.offset.is_some() {
+                        expired_in_a_row = 0;
+                    }
                     let full = page.records.len() >= self.client.page_size();
                     match self.store_page(&mut cursor, page).await {
                         Ok(()) => {}
@@ -122,7 +126,10 @@ impl AsanaSource {
                     }
                     (!full).then_some(self.config.poll_interval)
                 }
-                Err(error) => self.on_error(error, &mut cursor, &mut backoff).await?,
+                Err(error) => {
+                    self.on_error(error, &mut cursor, &mut backoff, &mut expired_in_a_row)
+                        .await?
+                }
             };
             if let Some(delay) = delay {
                 if !sleep_or_cancel(delay, &shutdown).await {
@@ -148,9 +155,8 @@ impl AsanaSource {
                     source = %self.config.id,
                     "filters or workspace changed since the offset was stored; restarting the stream by time"
                 );
-                cursor.position = None;
                 cursor.filters_hash = hash;
-                SourceStats::bump(&self.stats.cursor_restarts);
+                self.restart(&mut cursor);
                 cursor
             }
             None => {
@@ -203,23 +209,44 @@ impl AsanaSource {
         }
     }
 
-    /// Where the next request starts.
+    /// Where the next request starts: the current stream's start, with its
+    /// latest offset once it has one.
     fn position(&self, cursor: &SourceCursor) -> Position {
-        if let Some(offset) = &cursor.position {
-            return Position::Offset(offset.clone());
-        }
         let now = Utc::now();
+        let start_at = cursor
+            .stream_start
+            .and_then(DateTime::from_timestamp_millis)
+            .unwrap_or(now);
+        match &cursor.position {
+            // The offset is bound to the start it was issued for: send that
+            // start unchanged, however old it is now.
+            Some(offset) => Position {
+                start_at,
+                offset: Some(offset.clone()),
+            },
+            None => Position {
+                start_at: self.clamp_to_retention(start_at, now),
+                offset: None,
+            },
+        }
+    }
+
+    /// Drops the offset and starts a new stream at the newest stored event
+    /// minus the margin (or where the old stream started, if it stored
+    /// nothing); the dedup window drops what is read again.
+    fn restart(&self, cursor: &mut SourceCursor) {
+        SourceStats::bump(&self.stats.cursor_restarts);
+        let margin = i64::try_from(self.config.restart_margin.as_millis()).unwrap_or(i64::MAX);
         let start = match cursor.last_event_time {
-            Some(last) => {
-                DateTime::from_timestamp_millis(last).unwrap_or(now)
-                    - chrono::Duration::from_std(self.config.restart_margin).unwrap_or_default()
-            }
-            None => cursor
-                .stream_start
-                .and_then(DateTime::from_timestamp_millis)
-                .unwrap_or(now),
+            Some(last) => Some(last.saturating_sub(margin)),
+            None => cursor.stream_start,
         };
-        Position::StartAt(self.clamp_to_retention(start, now))
+        let now = Utc::now();
+        let start = start
+            .and_then(DateTime::from_timestamp_millis)
+            .map(|at| self.clamp_to_retention(at, now));
+        cursor.position = None;
+        cursor.stream_start = Some(start.unwrap_or(now).timestamp_millis());
     }
 
     /// Turns a page into outbox entries and commits them with the new cursor.
@@ -288,6 +315,7 @@ impl AsanaSource {
         error: SourceError,
         cursor: &mut SourceCursor,
         backoff: &mut Backoff,
+        expired_in_a_row: &mut u32,
     ) -> Result<Option<Duration>, StateError> {
         let id = &self.config.id;
         Ok(Some(match error {
@@ -307,11 +335,19 @@ impl AsanaSource {
                 wait
             }
             SourceError::CursorExpired { status, message } => {
-                SourceStats::bump(&self.stats.cursor_restarts);
                 tracing::warn!(source = %id, status, error = %message, "asana rejected the stored offset; restarting from the newest stored event minus the margin");
-                cursor.position = None;
+                self.restart(cursor);
                 self.save_cursor(cursor).await?;
-                return Ok(None);
+                // The first rejection restarts at once. If the fresh stream's
+                // offsets are rejected too, something else is wrong: back
+                // off instead of spinning through the rate limit.
+                *expired_in_a_row += 1;
+                if *expired_in_a_row == 1 {
+                    return Ok(None);
+                }
+                let wait = backoff.next_delay();
+                tracing::error!(source = %id, rejections = *expired_in_a_row, retry_in_ms = wait.as_millis() as u64, "offsets keep being rejected; backing off");
+                wait
             }
             SourceError::Unauthorized { status, message } => {
                 let n = SourceStats::bump(&self.stats.auth_failures);

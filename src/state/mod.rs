@@ -67,7 +67,8 @@ pub struct SourceCursor {
     pub position: Option<String>,
     /// Hash of the filters `position` was issued for.
     pub filters_hash: String,
-    /// Where the stream started (unix ms), used while no event was stored.
+    /// The `start_at` (unix ms) of the current stream: sent with every
+    /// request of it, and where it begins again while it holds no offset.
     pub stream_start: Option<i64>,
     /// Time (unix ms) of the newest event stored.
     pub last_event_time: Option<i64>,

@@ -1,0 +1,9 @@
+//! Black-box tests: the real binary against the built-in simulator on
+//! loopback. One test binary, so the crate links once.
+
+mod common;
+
+mod config_errors;
+mod delivery;
+mod faults;
+mod secrets;

@@ -5,6 +5,7 @@
 //! state file, so a restarted demo serves the same stream and the daemon
 //! continues where it stopped: nothing repeated, nothing missing.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -109,7 +110,11 @@ pub fn config(args: &DemoArgs, base_url: String) -> Config {
 
 /// Runs the demo until `shutdown`.
 pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.dir)
+    // Holds the state file: private, like any state directory.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
     let timeline = timeline(&args.dir)?;
     let simulator = Simulator::new(SimConfig {

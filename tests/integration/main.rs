@@ -5,5 +5,6 @@ mod common;
 
 mod config_errors;
 mod delivery;
+mod demo;
 mod faults;
 mod secrets;

@@ -55,11 +55,15 @@ CREATE TABLE sink_progress (
 );
 
 -- Records a source could not turn into an event, kept with the reason so an
--- operator can look at them; the rest of their page flows on.
+-- operator can look at them; the rest of their page flows on. A record
+-- read again (a page retried after a restart) is kept once: `raw_hash` is
+-- the SHA-256 of `raw`. The newest rows are kept, up to a bound.
 CREATE TABLE quarantine (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     source_id   TEXT NOT NULL,
     reason      TEXT NOT NULL,
     raw         TEXT NOT NULL,
-    received_at INTEGER NOT NULL
+    raw_hash    TEXT NOT NULL,
+    received_at INTEGER NOT NULL,
+    UNIQUE (source_id, raw_hash)
 );

@@ -36,7 +36,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .iter()
         .map(|s| (s.id.clone(), s.kind.name()))
         .collect();
-    state.call(move |db| db.register_sinks(&sinks)).await?;
+    for (sink, missed) in state.call(move |db| db.register_sinks(&sinks)).await? {
+        tracing::warn!(
+            sink = %sink,
+            missed,
+            "sink is configured again after the outbox was trimmed past it; it missed these events"
+        );
+    }
     tracing::info!(
         state = %path.display(),
         sources = config.sources.len(),
@@ -82,65 +88,135 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             shutdown: shutdown.clone(),
         };
         let sink_config = sink_config.clone();
-        let mut destination = Some(sink::build(&sink_config));
-        sinks.spawn(supervise(
-            "sink",
-            sink_config.id.clone(),
-            hard_stop.clone(),
-            move || {
-                // A restarted sink task builds its destination anew.
-                let destination = destination
-                    .take()
-                    .unwrap_or_else(|| sink::build(&sink_config));
-                sink::run(sink_config.clone(), destination, ctx.clone())
-            },
-        ));
+        let id = sink_config.id.clone();
+        let stop = hard_stop.clone();
+        sinks.spawn(async move {
+            let stopped = supervise("sink", id.clone(), stop, move || {
+                // Each run, the first or one after a failure, builds its
+                // destination anew.
+                sink::run(sink_config.clone(), sink::build(&sink_config), ctx.clone())
+            })
+            .await;
+            (id, stopped)
+        });
     }
 
     while sources.join_next().await.is_some() {}
     sources_done.cancel();
-    let drained = tokio::time::timeout(config.shutdown_grace, async {
-        while sinks.join_next().await.is_some() {}
-    })
-    .await;
+    let mut closed = Vec::new();
+    let drained = tokio::time::timeout(config.shutdown_grace, drain(&mut sinks, &mut closed)).await;
     if drained.is_err() {
         tracing::warn!(
             grace_s = config.shutdown_grace.as_secs_f64(),
             "sinks did not drain within the shutdown grace; undelivered events stay in the outbox"
         );
         hard_stop.cancel();
-        while sinks.join_next().await.is_some() {}
+        drain(&mut sinks, &mut closed).await;
     }
     tracing::info!("auditrelay stopped");
-    Ok(())
+    if closed.is_empty() {
+        Ok(())
+    } else {
+        // Not a clean stop: let the service manager see it.
+        anyhow::bail!(
+            "stopped because the destination of sink {} closed",
+            closed.join(", ")
+        )
+    }
 }
 
-/// Runs a task again after a state error, with backoff, until `stop`.
-/// Errors from the outside world are handled inside the tasks; only the
-/// state file failing (disk full, I/O error) ends a task, and then only
-/// for a while: one failing task never stops the others.
-async fn supervise<F, Fut>(what: &'static str, id: String, stop: CancellationToken, mut task: F)
+/// Waits for every sink task; notes those whose destination closed.
+async fn drain(sinks: &mut JoinSet<(String, Option<sink::Stopped>)>, closed: &mut Vec<String>) {
+    while let Some(joined) = sinks.join_next().await {
+        if let Ok((id, Some(sink::Stopped::DestinationClosed))) = joined {
+            closed.push(id);
+        }
+    }
+}
+
+/// Runs a task until it finishes, starting it again with backoff after it
+/// failed, until `stop`.
+///
+/// Errors from the outside world are handled inside the tasks; a task ends
+/// with an error only when the state file fails (disk full, I/O error), or
+/// by a panic, a bug. Either way it is logged and restarted from its stored
+/// position: one failing task never stops the others. Each run is its own
+/// tokio task so that a panic is caught here rather than lost.
+async fn supervise<F, Fut, T>(
+    what: &'static str,
+    id: String,
+    stop: CancellationToken,
+    mut task: F,
+) -> Option<T>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<(), StateError>>,
+    Fut: Future<Output = Result<T, StateError>> + Send + 'static,
+    T: Send + 'static,
 {
     let mut backoff = Backoff::new(BackoffPolicy::default());
     loop {
-        match task().await {
-            Ok(()) => return,
-            Err(error) => {
-                let wait = backoff.next_delay();
-                tracing::error!(
-                    task = what,
-                    id = %id,
-                    error = %error,
-                    retry_in_ms = wait.as_millis() as u64,
-                    "task failed on the state file; restarting it"
-                );
-                if !sleep_or_cancel(wait, &stop).await {
-                    return;
+        let error = match tokio::spawn(task()).await {
+            Ok(Ok(done)) => return Some(done),
+            Ok(Err(error)) => error.to_string(),
+            Err(join) => match join.try_into_panic() {
+                Ok(panic) => format!("panicked: {}", panic_message(panic.as_ref())),
+                Err(_) => "cancelled".to_string(),
+            },
+        };
+        let wait = backoff.next_delay();
+        tracing::error!(
+            task = what,
+            id = %id,
+            error = %error,
+            retry_in_ms = wait.as_millis() as u64,
+            "task failed; restarting it from its stored position"
+        );
+        if !sleep_or_cancel(wait, &stop).await {
+            return None;
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_task_is_restarted() {
+        let runs = Arc::new(AtomicU32::new(0));
+        let counter = Arc::clone(&runs);
+        let done = supervise("test", "t".into(), CancellationToken::new(), move || {
+            let counter = Arc::clone(&counter);
+            async move {
+                match counter.fetch_add(1, Ordering::SeqCst) {
+                    0 => panic!("boom"),
+                    1 => Err(StateError::Task("disk full".into())),
+                    n => Ok(n),
                 }
             }
-        }
+        })
+        .await;
+        assert_eq!(done, Some(2));
+        assert_eq!(runs.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stop_ends_the_retries() {
+        let stop = CancellationToken::new();
+        stop.cancel();
+        let done: Option<()> = supervise("test", "t".into(), stop, || async {
+            Err(StateError::Task("always".into()))
+        })
+        .await;
+        assert_eq!(done, None);
     }
 }

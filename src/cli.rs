@@ -148,9 +148,10 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::State(StateCommand::Show { config, json }) => {
             let config = load(&config.config)?;
-            let summary =
-                tokio::task::spawn_blocking(move || StateDb::open(&config.state.path)?.summary())
-                    .await??;
+            let summary = tokio::task::spawn_blocking(move || {
+                StateDb::open_read_only(&config.state.path)?.summary()
+            })
+            .await??;
             if json {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
             } else {

@@ -6,6 +6,8 @@
 //! out, never sent as a guess. The source's record travels untouched under
 //! `raw` (its exact bytes, so ids above 2^53 and key order survive).
 
+use std::borrow::Cow;
+
 use serde::Serialize;
 use serde_json::value::RawValue;
 
@@ -26,9 +28,10 @@ pub struct Envelope<'a> {
     /// When auditrelay stored it, RFC 3339 UTC with milliseconds.
     pub observed_at: String,
     /// The source's event type (Asana `event_type`).
-    #[serde(rename = "type")]
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
     pub event_type: Option<&'a str>,
     /// The source's category (Asana `event_category`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub category: Option<&'a str>,
     /// `success`, `failure` or `unknown`.
     pub outcome: Outcome,
@@ -100,9 +103,63 @@ pub struct Client<'a> {
     pub app_name: Option<&'a str>,
 }
 
+/// `json` without the whitespace between tokens, so that an event is one
+/// line whatever the API's formatting. Strings, numbers (however large) and
+/// key order are untouched. Borrows when there is nothing to remove.
+pub fn compact_json(json: &str) -> Cow<'_, str> {
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut out: Option<String> = None;
+    for (i, c) in json.char_indices() {
+        let keep = if in_string {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+            true
+        } else {
+            if c == '"' {
+                in_string = true;
+            }
+            !matches!(c, ' ' | '\n' | '\r' | '\t')
+        };
+        match (&mut out, keep) {
+            (Some(out), true) => out.push(c),
+            (None, false) => out = Some(json[..i].to_string()),
+            _ => {}
+        }
+    }
+    out.map_or(Cow::Borrowed(json), Cow::Owned)
+}
+
 /// RFC 3339 UTC with milliseconds, the envelope's one time format.
 pub fn format_time(unix_ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(unix_ms)
         .unwrap_or_default()
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compaction_removes_only_whitespace_between_tokens() {
+        let pretty =
+            "{\n  \"a\" : [ 1 ,\t12345678901234567890 ],\r\n  \"s\": \"x  y\\\" \\n z\"\n}";
+        let compact = compact_json(pretty);
+        assert_eq!(
+            compact,
+            r#"{"a":[1,12345678901234567890],"s":"x  y\" \n z"}"#
+        );
+        assert!(matches!(compact_json(r#"{"a":"b c"}"#), Cow::Borrowed(_)));
+        let value: serde_json::Value = serde_json::from_str(&compact).unwrap();
+        assert_eq!(
+            value,
+            serde_json::from_str::<serde_json::Value>(pretty).unwrap()
+        );
+    }
 }

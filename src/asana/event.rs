@@ -153,6 +153,17 @@ pub fn to_outbox(
         auth_method: c.api_authentication_method.as_deref(),
         app_name: c.oauth_app_name.as_deref(),
     });
+    // One line per event: a pretty-printed page (a proxy, a debug flag)
+    // must not split an event over several lines of a JSON-lines sink.
+    let compact = envelope::compact_json(raw.get());
+    let owned_raw;
+    let raw: &RawValue = match compact {
+        Cow::Borrowed(_) => raw,
+        Cow::Owned(text) => {
+            owned_raw = RawValue::from_string(text).map_err(|e| format!("event {id}: {e}"))?;
+            &owned_raw
+        }
+    };
     let envelope = Envelope {
         envelope_version: envelope::ENVELOPE_VERSION,
         source: SourceRef {

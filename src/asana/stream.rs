@@ -79,9 +79,12 @@ impl AsanaSource {
     pub async fn run(&self) -> Result<(), StateError> {
         let id = self.config.id.clone();
         let mut cursor = self.load_cursor().await?;
-        let mut backoff = Backoff::new(self.config.retry);
+        let mut pacing = Pacing {
+            backoff: Backoff::new(self.config.retry),
+            expiry: Backoff::new(self.config.retry),
+            expired_in_a_row: 0,
+        };
         let mut last_prune = tokio::time::Instant::now();
-        let mut expired_in_a_row = 0u32;
         tracing::info!(
             source = %id,
             workspace = %self.config.workspace_gid,
@@ -102,18 +105,19 @@ impl AsanaSource {
             };
             let delay = match fetched {
                 Ok(page) => {
-                    backoff.reset();
+                    pacing.backoff.reset();
                     if position.offset.is_some() {
-                        expired_in_a_row = 0;
+                        pacing.expiry.reset();
+                        pacing.expired_in_a_row = 0;
                     }
                     let full = page.records.len() >= self.client.page_size();
-                    match self.store_page(&mut cursor, page).await {
+                    match self.store_page(&mut cursor, page, &position).await {
                         Ok(()) => {}
                         Err(e) => {
                             // The page is not stored and the cursor did not
                             // move: the same request is made again.
                             tracing::error!(source = %id, error = %e, "storing a page failed");
-                            let delay = backoff.next_delay();
+                            let delay = pacing.backoff.next_delay();
                             if !sleep_or_cancel(delay, &shutdown).await {
                                 break;
                             }
@@ -126,10 +130,7 @@ impl AsanaSource {
                     }
                     (!full).then_some(self.config.poll_interval)
                 }
-                Err(error) => {
-                    self.on_error(error, &mut cursor, &mut backoff, &mut expired_in_a_row)
-                        .await?
-                }
+                Err(error) => self.on_error(error, &mut cursor, &mut pacing).await?,
             };
             if let Some(delay) = delay {
                 if !sleep_or_cancel(delay, &shutdown).await {
@@ -163,9 +164,12 @@ impl AsanaSource {
                 let now = Utc::now();
                 let start = match self.config.start_at {
                     StartAt::At(at) => at,
-                    StartAt::Lookback(lookback) => {
-                        now - chrono::Duration::from_std(lookback).unwrap_or(chrono::TimeDelta::MAX)
-                    }
+                    // A lookback past the epoch is simply "as far back as
+                    // retention allows": the clamp below handles it.
+                    StartAt::Lookback(lookback) => chrono::TimeDelta::from_std(lookback)
+                        .ok()
+                        .and_then(|back| now.checked_sub_signed(back))
+                        .unwrap_or(DateTime::<Utc>::MIN_UTC),
                 };
                 let start = self.clamp_to_retention(start, now);
                 tracing::info!(source = %self.config.id, start_at = %format_time(start.timestamp_millis()), "first run");
@@ -193,8 +197,7 @@ impl AsanaSource {
 
     /// The earliest time still worth asking for; an earlier start is a gap.
     fn clamp_to_retention(&self, start: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
-        let floor =
-            now - chrono::Duration::from_std(RETENTION - RETENTION_SLACK).unwrap_or_default();
+        let floor = retention_floor(now);
         if start < floor {
             SourceStats::bump(&self.stats.retention_gaps);
             tracing::warn!(
@@ -224,8 +227,9 @@ impl AsanaSource {
                 start_at,
                 offset: Some(offset.clone()),
             },
+            // Silently: a gap was already reported when this start was set.
             None => Position {
-                start_at: self.clamp_to_retention(start_at, now),
+                start_at: start_at.max(retention_floor(now)),
                 offset: None,
             },
         }
@@ -250,7 +254,12 @@ impl AsanaSource {
     }
 
     /// Turns a page into outbox entries and commits them with the new cursor.
-    async fn store_page(&self, cursor: &mut SourceCursor, page: Page) -> Result<(), StateError> {
+    async fn store_page(
+        &self,
+        cursor: &mut SourceCursor,
+        page: Page,
+        sent: &Position,
+    ) -> Result<(), StateError> {
         let observed_at = format_time(Utc::now().timestamp_millis());
         let origin = Origin {
             source_id: &self.config.id,
@@ -271,7 +280,12 @@ impl AsanaSource {
             }
         }
         let mut next = cursor.clone();
-        next.position = page.next_offset;
+        // The offset is bound to the start actually sent (which may have
+        // been clamped to retention): keep them together.
+        next.stream_start = Some(sent.start_at.timestamp_millis());
+        // Once the stream has an offset, Asana keeps returning one; should
+        // it ever not, keep ours rather than fall back to the stream start.
+        next.position = page.next_offset.or_else(|| sent.offset.clone());
         if let Some(newest) = events.iter().max_by_key(|e| e.event_time) {
             if next.last_event_time.is_none_or(|t| newest.event_time >= t) {
                 next.last_event_time = Some(newest.event_time);
@@ -314,17 +328,14 @@ impl AsanaSource {
         &self,
         error: SourceError,
         cursor: &mut SourceCursor,
-        backoff: &mut Backoff,
-        expired_in_a_row: &mut u32,
+        pacing: &mut Pacing,
     ) -> Result<Option<Duration>, StateError> {
         let id = &self.config.id;
+        let backoff = &mut pacing.backoff;
         Ok(Some(match error {
             SourceError::RateLimited { retry_after } => {
                 let n = SourceStats::bump(&self.stats.rate_limited);
-                // At least what the API asked; never less than our own
-                // backoff would wait, which keeps growing if it repeats.
-                let ours = backoff.next_delay();
-                let wait = retry_after.map_or(ours, |asked| asked + jitter(asked));
+                let wait = rate_limit_wait(retry_after, backoff.next_delay());
                 tracing::warn!(source = %id, wait_ms = wait.as_millis() as u64, rate_limited = n, "rate limited by asana");
                 wait
             }
@@ -341,12 +352,12 @@ impl AsanaSource {
                 // The first rejection restarts at once. If the fresh stream's
                 // offsets are rejected too, something else is wrong: back
                 // off instead of spinning through the rate limit.
-                *expired_in_a_row += 1;
-                if *expired_in_a_row == 1 {
+                pacing.expired_in_a_row += 1;
+                if pacing.expired_in_a_row == 1 {
                     return Ok(None);
                 }
-                let wait = backoff.next_delay();
-                tracing::error!(source = %id, rejections = *expired_in_a_row, retry_in_ms = wait.as_millis() as u64, "offsets keep being rejected; backing off");
+                let wait = pacing.expiry.next_delay();
+                tracing::error!(source = %id, rejections = pacing.expired_in_a_row, retry_in_ms = wait.as_millis() as u64, "offsets keep being rejected; backing off");
                 wait
             }
             SourceError::Unauthorized { status, message } => {
@@ -396,28 +407,96 @@ impl AsanaSource {
         }
     }
 
+    /// Keeps the state file bounded: the dedup window, and the newest
+    /// [`QUARANTINE_KEEP`] quarantined records.
     async fn prune(&self) {
         let id = self.config.id.clone();
         let window = self.ctx.dedup_window;
-        match self
+        let pruned = self
             .ctx
             .state
-            .call(move |db| db.prune_seen(&id, window))
-            .await
-        {
-            Ok(removed) => {
-                tracing::debug!(source = %self.config.id, removed, "pruned dedup window")
+            .call(move |db| {
+                Ok((
+                    db.prune_seen(&id, window)?,
+                    db.prune_quarantine(QUARANTINE_KEEP)?,
+                ))
+            })
+            .await;
+        match pruned {
+            Ok((seen, quarantined)) => {
+                tracing::debug!(source = %self.config.id, seen, quarantined, "pruned the state file");
+                if quarantined > 0 {
+                    tracing::warn!(source = %self.config.id, dropped = quarantined, keep = QUARANTINE_KEEP, "dropped the oldest quarantined records");
+                }
             }
             Err(e) => {
-                tracing::warn!(source = %self.config.id, error = %e, "pruning the dedup window failed")
+                tracing::warn!(source = %self.config.id, error = %e, "pruning the state file failed")
             }
         }
     }
 }
 
-/// Up to 10% extra (at most one second) so that many clients told the same
-/// Retry-After do not return in the same instant.
-fn jitter(base: Duration) -> Duration {
-    let cap = (base / 10).min(Duration::from_secs(1));
-    cap.mul_f64(rand::random::<f64>())
+/// Quarantined records kept in the state file (the newest).
+const QUARANTINE_KEEP: u64 = 100_000;
+
+/// Retry timing of one stream.
+#[derive(Debug)]
+struct Pacing {
+    /// Transient failures and 429s; reset by any success.
+    backoff: Backoff,
+    /// Repeated offset rejections; reset only when a request carrying an
+    /// offset succeeds (a restart's first, offset-less page does not count).
+    expiry: Backoff,
+    expired_in_a_row: u32,
+}
+
+/// The longest a `Retry-After` is obeyed; a larger value is the API's
+/// mistake, and waiting it out would silently stop the source.
+const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(15 * 60);
+
+/// How long to wait after a 429: at least what the API asked and at least
+/// our own growing backoff (so `Retry-After: 0` or a date in the past
+/// cannot make a tight loop), at most [`MAX_RATE_LIMIT_WAIT`], plus up to
+/// 10% (at most a second) so that clients told the same time spread out.
+fn rate_limit_wait(asked: Option<Duration>, ours: Duration) -> Duration {
+    let base = asked
+        .map_or(ours, |asked| asked.max(ours))
+        .min(MAX_RATE_LIMIT_WAIT);
+    let jitter = (base / 10)
+        .min(Duration::from_secs(1))
+        .mul_f64(rand::random::<f64>());
+    base.saturating_add(jitter)
+}
+
+/// The earliest start still inside retention, with some slack.
+fn retention_floor(now: DateTime<Utc>) -> DateTime<Utc> {
+    now - chrono::Duration::from_std(RETENTION - RETENTION_SLACK).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_waits_are_bounded_below_and_above() {
+        let ours = Duration::from_millis(500);
+        // Retry-After 0 (or a date in the past) still waits our backoff.
+        let wait = rate_limit_wait(Some(Duration::ZERO), ours);
+        assert!(wait >= ours && wait <= ours + ours / 10, "{wait:?}");
+        // What the API asks is a floor.
+        let wait = rate_limit_wait(Some(Duration::from_secs(30)), ours);
+        assert!(
+            wait >= Duration::from_secs(30) && wait <= Duration::from_secs(31),
+            "{wait:?}"
+        );
+        // An absurd Retry-After is capped, without overflow.
+        let wait = rate_limit_wait(Some(Duration::from_secs(u64::MAX)), ours);
+        assert!(
+            wait <= MAX_RATE_LIMIT_WAIT + Duration::from_secs(1),
+            "{wait:?}"
+        );
+        // Without Retry-After, our backoff alone.
+        let wait = rate_limit_wait(None, ours);
+        assert!(wait >= ours && wait <= ours + ours / 10, "{wait:?}");
+    }
 }

@@ -147,7 +147,15 @@ impl Loader {
         let built = match built {
             Ok(built) => built,
             Err(e) => {
-                self.problem("", format!("cannot read the configuration: {e}"));
+                // Without the source excerpt the TOML parser adds: the
+                // offending line may hold a token.
+                self.problem(
+                    "",
+                    format!(
+                        "cannot read the configuration: {}",
+                        without_excerpt(&e.to_string())
+                    ),
+                );
                 return None;
             }
         };
@@ -441,6 +449,14 @@ impl Loader {
             self.problem(format!("{key}.{field}"), "the token is empty");
             return None;
         }
+        // Caught here rather than on every request (and never echoed).
+        if reqwest::header::HeaderValue::from_str(&format!("Bearer {value}")).is_err() {
+            self.problem(
+                format!("{key}.{field}"),
+                "the token contains characters not allowed in an HTTP header",
+            );
+            return None;
+        }
         Some(Secret::new(value))
     }
 
@@ -596,6 +612,21 @@ fn parse_start_at(text: &str) -> Result<StartAt, String> {
     humantime::parse_duration(text)
         .map(StartAt::Lookback)
         .map_err(|_| format!("{text:?} is neither an RFC 3339 time nor a lookback such as \"7d\""))
+}
+
+/// A parser message without its source excerpt (the `6 | key = "…"` and
+/// `  |     ^` lines), one line.
+fn without_excerpt(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .filter(|line| {
+            line.split_once('|')
+                .is_none_or(|(gutter, _)| !gutter.trim().chars().all(|c| c.is_ascii_digit()))
+        })
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 fn join_key(prefix: &str, rest: &str) -> String {

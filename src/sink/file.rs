@@ -120,6 +120,9 @@ impl Writer {
             file.set_len(keep).map_err(err("truncating", &path))?;
             file.sync_all().map_err(err("syncing", &path))?;
         }
+        // A new file's directory entry must be durable before its first
+        // acknowledged line is.
+        sync_dir(&path)?;
         self.size = keep;
         self.file = Some(file);
         Ok(())

@@ -68,13 +68,23 @@ pub struct SinkContext {
 /// Idle wake-up even without a notification, a safety net only.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
+/// Why a sink task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// The outbox was drained after the sources stopped, or time ran out.
+    Done,
+    /// The destination went away for good; the process should not report
+    /// a clean stop.
+    DestinationClosed,
+}
+
 /// Runs one sink until the outbox is drained after the sources stopped, or
 /// until the hard stop.
 pub async fn run(
     config: SinkConfig,
     mut sink: Box<dyn Sink>,
     mut ctx: SinkContext,
-) -> Result<(), StateError> {
+) -> Result<Stopped, StateError> {
     let id = config.id.clone();
     let mut acked = {
         let id = id.clone();
@@ -107,14 +117,14 @@ pub async fn run(
             let delivered = tokio::select! {
                 delivered = sink.deliver(&batch) => delivered,
                 // Unacknowledged: the batch stays in the outbox.
-                () = ctx.hard_stop.cancelled() => return Ok(()),
+                () = ctx.hard_stop.cancelled() => return Ok(Stopped::Done),
             };
             match delivered {
                 Ok(()) => break,
                 Err(SinkError::Closed(reason)) => {
                     tracing::warn!(sink = %id, reason = %reason, "sink destination closed; stopping");
                     ctx.shutdown.cancel();
-                    return Ok(());
+                    return Ok(Stopped::DestinationClosed);
                 }
                 Err(SinkError::Unavailable(reason)) => {
                     let wait = backoff.next_delay();
@@ -128,7 +138,7 @@ pub async fn run(
                     );
                     tokio::select! {
                         () = tokio::time::sleep(wait) => {}
-                        () = ctx.hard_stop.cancelled() => return Ok(()),
+                        () = ctx.hard_stop.cancelled() => return Ok(Stopped::Done),
                     }
                 }
             }
@@ -146,7 +156,7 @@ pub async fn run(
         acked = last;
     }
     tracing::info!(sink = %id, acked_seq = acked, "sink stopped");
-    Ok(())
+    Ok(Stopped::Done)
 }
 
 /// A batch as JSON lines, one envelope per line.

@@ -32,13 +32,7 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<i64, StateError> {
              applied_at INTEGER NOT NULL
          );",
     )?;
-    let found: i64 = conn
-        .query_row("SELECT MAX(version) FROM schema_migrations", [], |row| {
-            row.get::<_, Option<i64>>(0)
-        })
-        .optional()?
-        .flatten()
-        .unwrap_or(0);
+    let found = applied_version(conn)?;
     if found > SCHEMA_VERSION {
         return Err(StateError::SchemaTooNew {
             found,
@@ -65,6 +59,25 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<i64, StateError> {
         );
     }
     Ok(found)
+}
+
+/// The newest migration recorded in the file (0 for an empty file).
+pub(super) fn applied_version(conn: &Connection) -> Result<i64, StateError> {
+    let exists: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'",
+        [],
+        |row| row.get(0),
+    )?;
+    if !exists {
+        return Ok(0);
+    }
+    Ok(conn
+        .query_row("SELECT MAX(version) FROM schema_migrations", [], |row| {
+            row.get::<_, Option<i64>>(0)
+        })
+        .optional()?
+        .flatten()
+        .unwrap_or(0))
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 
 pub use migrate::SCHEMA_VERSION;
@@ -30,6 +30,10 @@ pub enum StateError {
     /// The file was written by a newer auditrelay.
     #[error("state database schema version {found} is newer than this binary supports ({known}); upgrade auditrelay or point it at another state file")]
     SchemaTooNew { found: i64, known: i64 },
+    /// The file was written by an older auditrelay and not yet upgraded
+    /// (read-only access never upgrades).
+    #[error("state database schema version {found} is older than this binary's ({known}); start the daemon once to upgrade it")]
+    SchemaTooOld { found: i64, known: i64 },
     /// A migration failed to apply.
     #[error("applying migration {name} failed: {source}")]
     Migration {
@@ -195,6 +199,44 @@ impl StateDb {
         })
     }
 
+    /// Opens an existing state file for reading only: no file is created,
+    /// no migration runs, nothing is written. For inspecting the file while
+    /// a daemon (possibly another version) runs on it.
+    pub fn open_read_only(path: &Path) -> Result<Self, StateError> {
+        if !path.exists() {
+            return Err(StateError::Open {
+                path: path.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no state file (has the daemon run yet?)",
+                ),
+            });
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_secs(30))?;
+        let found = migrate::applied_version(&conn)?;
+        if found != SCHEMA_VERSION {
+            return Err(if found > SCHEMA_VERSION {
+                StateError::SchemaTooNew {
+                    found,
+                    known: SCHEMA_VERSION,
+                }
+            } else {
+                StateError::SchemaTooOld {
+                    found,
+                    known: SCHEMA_VERSION,
+                }
+            });
+        }
+        Ok(Self {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
     /// The file this handle is open on.
     pub fn path(&self) -> &Path {
         &self.path
@@ -294,11 +336,14 @@ impl StateDb {
                 }
             }
             let mut quarantine = tx.prepare_cached(
-                "INSERT INTO quarantine (source_id, reason, raw, received_at) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT OR IGNORE INTO quarantine (source_id, reason, raw, raw_hash, received_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
             for record in quarantined {
-                quarantine.execute(params![source_id, record.reason, record.raw, now])?;
-                outcome.quarantined += 1;
+                let hash = hex_sha256(record.raw.as_bytes());
+                outcome.quarantined +=
+                    quarantine.execute(params![source_id, record.reason, record.raw, hash, now])?
+                        as u64;
             }
         }
         upsert_cursor(&tx, source_id, kind, cursor)?;
@@ -328,6 +373,16 @@ impl StateDb {
         Ok(removed as u64)
     }
 
+    /// Drops the oldest quarantined records beyond `keep`. Returns how many.
+    pub fn prune_quarantine(&mut self, keep: u64) -> Result<u64, StateError> {
+        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        let removed = self.conn.execute(
+            "DELETE FROM quarantine WHERE id <= (SELECT MAX(id) FROM quarantine) - ?1",
+            [keep],
+        )?;
+        Ok(removed as u64)
+    }
+
     /// Events in the outbox (rows are deleted as a prefix, so seq bounds it).
     pub fn outbox_depth(&self) -> Result<i64, StateError> {
         Ok(self.conn.query_row(
@@ -338,26 +393,48 @@ impl StateDb {
     }
 
     /// Marks the configured sinks active (registering new ones at the oldest
-    /// row still in the outbox) and every other sink inactive.
-    pub fn register_sinks(&mut self, sinks: &[(String, &'static str)]) -> Result<(), StateError> {
+    /// row still in the outbox) and every other sink inactive. Returns the
+    /// sinks that come back after the outbox was trimmed past them, with
+    /// how many events they missed while they were not configured.
+    pub fn register_sinks(
+        &mut self,
+        sinks: &[(String, &'static str)],
+    ) -> Result<Vec<(String, i64)>, StateError> {
         let now = unix_ms_now();
         let tx = self.conn.transaction()?;
+        // The seq of the oldest row still here, minus one: where a sink with
+        // nothing missed stands at least.
+        let floor: i64 = tx.query_row(
+            "SELECT COALESCE((SELECT MIN(seq) - 1 FROM outbox),
+                             (SELECT seq FROM sqlite_sequence WHERE name = 'outbox'),
+                             0)",
+            [],
+            |row| row.get(0),
+        )?;
+        let mut missed = Vec::new();
+        for (id, _) in sinks {
+            let stale: Option<i64> = tx
+                .query_row(
+                    "SELECT acked_seq FROM sink_progress WHERE sink_id = ?1 AND active = 0",
+                    [id],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            if let Some(acked) = stale.filter(|acked| *acked < floor) {
+                missed.push((id.clone(), floor - acked));
+            }
+        }
         tx.execute("UPDATE sink_progress SET active = 0", [])?;
         for (id, kind) in sinks {
-            // A new sink starts with whatever the outbox still holds.
             tx.execute(
                 "INSERT INTO sink_progress (sink_id, kind, acked_seq, active, updated_at)
-                 VALUES (?1, ?2,
-                     COALESCE((SELECT MIN(seq) - 1 FROM outbox),
-                              (SELECT seq FROM sqlite_sequence WHERE name = 'outbox'),
-                              0),
-                     1, ?3)
+                 VALUES (?1, ?2, ?3, 1, ?4)
                  ON CONFLICT (sink_id) DO UPDATE SET active = 1, kind = excluded.kind",
-                params![id, kind, now],
+                params![id, kind, floor, now],
             )?;
         }
         tx.commit()?;
-        Ok(())
+        Ok(missed)
     }
 
     /// The highest outbox seq `sink_id` acknowledged.
@@ -588,6 +665,14 @@ impl SharedState {
         .await
         .map_err(|e| StateError::Task(e.to_string()))?
     }
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]

@@ -140,8 +140,10 @@ fn progress_is_monotonic_and_trim_waits_for_every_active_sink() {
     let events: Vec<_> = (1..=5).map(|i| event(&i.to_string(), i)).collect();
     db.commit_page("a", "asana", &events, &[], &cursor("p", 5))
         .unwrap();
-    db.register_sinks(&[("file".into(), "file"), ("out".into(), "stdout")])
+    let missed = db
+        .register_sinks(&[("file".into(), "file"), ("out".into(), "stdout")])
         .unwrap();
+    assert!(missed.is_empty());
     assert_eq!(db.acked_seq("file").unwrap(), 0);
     db.ack("file", 4).unwrap();
     db.ack("file", 2).unwrap();
@@ -221,4 +223,77 @@ fn lock_is_exclusive() {
     assert!(matches!(err, StateError::Locked { .. }), "{err}");
     drop(held);
     StateLock::acquire(&path).unwrap();
+}
+
+#[test]
+fn a_sink_configured_again_after_a_trim_reports_what_it_missed() {
+    let (_dir, mut db) = open_tmp();
+    db.register_sinks(&[("a".into(), "file"), ("b".into(), "file")])
+        .unwrap();
+    let events: Vec<_> = (1..=4).map(|i| event(&i.to_string(), i)).collect();
+    db.commit_page("s", "asana", &events, &[], &cursor("p", 4))
+        .unwrap();
+    db.ack("b", 1).unwrap();
+    // "b" leaves the configuration; "a" delivers and trims everything.
+    db.register_sinks(&[("a".into(), "file")]).unwrap();
+    db.ack("a", 4).unwrap();
+    assert_eq!(db.trim_outbox().unwrap(), 4);
+    let missed = db
+        .register_sinks(&[("a".into(), "file"), ("b".into(), "file")])
+        .unwrap();
+    assert_eq!(missed, [("b".to_string(), 3)]);
+}
+
+#[test]
+fn quarantine_keeps_a_record_once_and_stays_bounded() {
+    let (_dir, mut db) = open_tmp();
+    let bad = |raw: &str| Quarantined {
+        reason: "missing created_at".into(),
+        raw: raw.into(),
+    };
+    let out = db
+        .commit_page(
+            "s",
+            "asana",
+            &[],
+            &[bad("{\"gid\":\"1\"}"), bad("{\"gid\":\"2\"}")],
+            &cursor("p", 0),
+        )
+        .unwrap();
+    assert_eq!(out.quarantined, 2);
+    // The same page read again after a restart.
+    let out = db
+        .commit_page(
+            "s",
+            "asana",
+            &[],
+            &[bad("{\"gid\":\"1\"}")],
+            &cursor("p", 0),
+        )
+        .unwrap();
+    assert_eq!(out.quarantined, 0);
+    assert_eq!(db.prune_quarantine(1).unwrap(), 1);
+    assert_eq!(db.summary().unwrap().quarantined, 1);
+}
+
+#[test]
+fn read_only_open_never_creates_or_migrates() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let err = StateDb::open_read_only(&path).unwrap_err();
+    assert!(err.to_string().contains("no state file"), "{err}");
+    assert!(!path.exists());
+    // An empty SQLite file (schema version 0) is refused, not upgraded.
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch("CREATE TABLE x (y)")
+        .unwrap();
+    let err = StateDb::open_read_only(&path).unwrap_err();
+    assert!(
+        matches!(err, StateError::SchemaTooOld { found: 0, .. }),
+        "{err}"
+    );
+    drop(StateDb::open(&path).unwrap());
+    let db = StateDb::open_read_only(&path).unwrap();
+    assert_eq!(db.summary().unwrap().schema_version, SCHEMA_VERSION);
 }

@@ -194,17 +194,38 @@ fn syntax_errors_and_missing_files_are_problems_too() {
 
 #[test]
 fn errors_never_contain_the_token() {
-    let text = MINIMAL.replace(
-        "token = \"inline-token\"",
-        "token = \"s3cr3t-value\"\npage_size = \"s3cr3t-value\"",
-    );
+    const TOKEN: &str = "s3cr3t-value";
     let dir = tempfile::tempdir().unwrap();
-    let err = load_with_env(&write(&dir, &text), env(&[])).unwrap_err();
-    // The page_size problem quotes the bad value; that is the operator's own
-    // input at that key, but the token key itself is never echoed.
-    assert!(err.problems.iter().all(|p| p.key != "sources.main.token"));
+    let cases = [
+        // A syntax error on the token's own line: the TOML parser quotes it.
+        MINIMAL.replace("token = \"inline-token\"", &format!("token = \"{TOKEN}")),
+        // Other problems next to a valid token.
+        MINIMAL.replace(
+            "token = \"inline-token\"",
+            &format!("token = \"{TOKEN}\"\npage_size = 0\ncolour = 1"),
+        ),
+        // A token that cannot go into an HTTP header.
+        MINIMAL.replace(
+            "token = \"inline-token\"",
+            &format!("token = \"{TOKEN}\\n\""),
+        ),
+    ];
+    for text in cases {
+        let err = load_with_env(&write(&dir, &text), env(&[])).unwrap_err();
+        let shown = format!("{err} {err:?}");
+        assert!(!err.problems.is_empty());
+        assert!(!shown.contains(TOKEN), "the token leaked: {shown}");
+    }
     let ok = load_with_env(&write(&dir, MINIMAL), env(&[])).unwrap();
     assert!(!format!("{ok:?}").contains("inline-token"));
+}
+
+#[test]
+fn syntax_errors_keep_their_position() {
+    let found = problems("[state]\npath = \"unterminated", &[]);
+    assert_eq!(found.len(), 1);
+    assert!(found[0].contains("line 2"), "{found:#?}");
+    assert!(!found[0].contains('\n'), "one line: {found:#?}");
 }
 
 #[test]

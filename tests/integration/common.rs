@@ -262,7 +262,7 @@ pub(crate) struct Delivered {
 impl Delivered {
     pub(crate) fn read(path: &Path) -> Self {
         let mut files = vec![path.to_path_buf()];
-        for n in 1..=20 {
+        for n in 1..=64 {
             let mut rotated = path.as_os_str().to_owned();
             rotated.push(format!(".{n}"));
             files.push(PathBuf::from(rotated));
@@ -293,6 +293,20 @@ impl Delivered {
 
     pub(crate) fn duplicates(&self) -> usize {
         self.ids.len() - self.unique().len()
+    }
+
+    /// Complete lines in the active file and the rotated ones, without
+    /// parsing them (cheap enough to poll).
+    pub(crate) fn total(path: &Path) -> usize {
+        (0..=64)
+            .map(|n| {
+                let mut file = path.as_os_str().to_owned();
+                if n > 0 {
+                    file.push(format!(".{n}"));
+                }
+                Self::count(Path::new(&file))
+            })
+            .sum()
     }
 
     /// Complete lines in the active file.

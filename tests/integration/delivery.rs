@@ -79,29 +79,42 @@ fn a_clean_restart_continues_without_repeats_or_gaps() {
 
 #[test]
 fn kill_9_at_ten_random_moments_loses_nothing() {
-    // 5,000 events at once, then 15,000 more at 1,500/s: a 20,000-event
+    // 5,000 events at once, then 15,000 more at 1,000/s: a 20,000-event
     // stream that is still flowing while the daemon is killed.
     let sim = Sim::start(SimConfig {
         seed: 23,
         workspaces: vec![WORKSPACE.into()],
         tokens: vec![TOKEN.into()],
         backlog: 5_000,
-        rate: 1_500.0,
+        rate: 1_000.0,
         max_live: Some(15_000),
         ..SimConfig::default()
     });
     let work = Workdir::new();
+    // Small files: rotation happens under the kills too.
     let config = work.config(&sim.base_url, "page_size = 100");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "batch_size = 500",
+        "batch_size = 500\nmax_bytes = \"1MiB\"\nmax_files = 60",
+    );
+    let config = work.write_config(&text);
     let seed: u64 = rand::random();
     println!("kill schedule seed: {seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     for round in 0..10 {
+        let before = Delivered::total(&work.out());
         let daemon = Daemon::start(&config, work.path("daemon.log"));
-        let delay = Duration::from_millis(rng.random_range(150..1_200));
+        // Kill while it works: once it has delivered something this round
+        // (or everything is out), then at a random moment within 0.6 s.
+        wait_until(Duration::from_secs(60), "progress in this round", || {
+            Delivered::total(&work.out()) > before
+                || (sim.gids().len() == 20_000 && Delivered::total(&work.out()) >= 20_000)
+        });
+        let delay = Duration::from_millis(rng.random_range(0..600));
         std::thread::sleep(delay);
         println!(
-            "round {round}: kill -9 after {delay:?}, {} lines so far",
-            Delivered::count(&work.out())
+            "round {round}: kill -9 {delay:?} after the first delivery, {} lines so far",
+            Delivered::total(&work.out())
         );
         daemon.kill9();
     }

@@ -70,8 +70,9 @@ fn server_errors_and_truncated_pages_are_retried_without_loss() {
 #[test]
 fn an_expired_offset_restarts_by_time_without_loss_or_repeats() {
     let sim = Sim::backlog(3_000);
+    // Slow pages, so that the offset expires in the middle of the backlog.
     sim.faults(FaultUpdate {
-        latency: Some(Duration::from_millis(5)),
+        latency: Some(Duration::from_millis(40)),
         ..FaultUpdate::default()
     });
     let work = Workdir::new();
@@ -84,6 +85,11 @@ fn an_expired_offset_restarts_by_time_without_loss_or_repeats() {
         expire_offsets: true,
         ..FaultUpdate::default()
     });
+    let at_expiry = Delivered::count(&work.out());
+    assert!(
+        at_expiry < 3_000,
+        "the backlog was done before the offset expired"
+    );
     wait_until(Duration::from_secs(60), "all events", || {
         Delivered::count(&work.out()) >= 3_000
     });

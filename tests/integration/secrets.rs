@@ -49,10 +49,12 @@ fn a_debug_run_never_prints_the_token() {
     assert!(logs.contains("DEBUG"), "the run logged at debug level");
     assert!(logs.contains("asana rejected the token"), "{logs}");
     assert!(!logs.contains(TOKEN), "the token is in the logs");
-    let (_, show, _) = run_cli(
+    let (code, show, err) = run_cli(
         &["state", "show", "--config", config.to_str().unwrap()],
         &HashMap::new(),
     );
+    assert_eq!(code, 0, "{err}");
+    assert!(show.contains("asana_it"), "{show}");
     assert!(!show.contains(TOKEN));
     for entry in std::fs::read_dir(work.path("state")).unwrap() {
         let path = entry.unwrap().path();

@@ -121,9 +121,7 @@ impl AsanaClient {
                     response.headers().get(CONTENT_TYPE)
                 )));
             }
-            let body = response.bytes().await.map_err(|e| {
-                SourceError::Transient(format!("reading the page: {}", describe(&e)))
-            })?;
+            let body = read_limited(response, MAX_PAGE_BYTES).await?;
             return parse_page(&body);
         }
 
@@ -132,7 +130,10 @@ impl AsanaClient {
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, Utc::now()));
-        let body = response.bytes().await.unwrap_or_default();
+        // Only the start of an error body is ever shown.
+        let body = read_limited(response, MAX_ERROR_BYTES)
+            .await
+            .unwrap_or_default();
         let message = error_message(&body);
         Err(match status {
             StatusCode::TOO_MANY_REQUESTS => SourceError::RateLimited { retry_after },
@@ -153,6 +154,41 @@ impl AsanaClient {
             },
         })
     }
+}
+
+/// A page of 100 events is a few hundred KiB; anything far beyond is not
+/// an audit log page, and reading it whole could exhaust memory.
+const MAX_PAGE_BYTES: usize = 32 << 20;
+
+/// Enough of an error body for its message.
+const MAX_ERROR_BYTES: usize = 64 << 10;
+
+/// Reads a body of at most `limit` bytes; a longer one is a transient
+/// failure (a broken proxy, say) and the request is made again later.
+async fn read_limited(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, SourceError> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(SourceError::Transient(format!(
+            "response body of {} bytes exceeds the {limit}-byte limit",
+            response.content_length().unwrap_or_default()
+        )));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| SourceError::Transient(format!("reading the response: {}", describe(&e))))?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(SourceError::Transient(format!(
+                "response body exceeds the {limit}-byte limit"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 #[derive(Deserialize)]

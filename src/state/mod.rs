@@ -184,7 +184,8 @@ impl StateDb {
         drop(file);
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(30))?;
-        // WAL: readers (sinks) never block the writer (sources). With WAL,
+        // WAL: a reader in another process (`state show`) never blocks the
+        // daemon's writes. With WAL,
         // synchronous=NORMAL survives any process crash; after a power loss
         // the last transactions may roll back, but a cursor always rolls
         // back together with the events it covers, so nothing is lost: the

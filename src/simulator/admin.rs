@@ -12,26 +12,20 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{lock, FaultError, FaultUpdate, RequestRecord, Simulator};
+use super::{lock, Counters, FaultError, FaultUpdate, RequestRecord, Simulator};
 
 #[derive(Debug, Serialize)]
 pub(super) struct WorkspaceStats {
     visible_events: usize,
 }
 
+/// The counters plus what is computed when asked.
 #[derive(Debug, Serialize)]
 pub(super) struct StatsReport {
-    total_requests: u64,
-    by_status: BTreeMap<String, u64>,
+    #[serde(flatten)]
+    counters: Counters,
     early_requests: u64,
     workspaces: BTreeMap<String, WorkspaceStats>,
-    pages_served: u64,
-    events_served: u64,
-    truncated_responses: u64,
-    bad_records_served: u64,
-    duplicates_served: u64,
-    late_events: u64,
-    generated_events: u64,
 }
 
 fn admin_error(status: StatusCode, message: &str) -> Response {
@@ -48,23 +42,11 @@ pub(super) async fn stats(State(sim): State<Arc<Simulator>>) -> Json<StatsReport
             (w.identity.gid.clone(), WorkspaceStats { visible_events })
         })
         .collect();
-    let counters = lock(&sim.counters);
+    let counters = lock(&sim.counters).clone();
     Json(StatsReport {
-        total_requests: counters.total_requests,
-        by_status: counters
-            .by_status
-            .iter()
-            .map(|(status, count)| (status.to_string(), *count))
-            .collect(),
+        counters,
         early_requests: sim.limiter.early_requests(),
         workspaces,
-        pages_served: counters.pages_served,
-        events_served: counters.events_served,
-        truncated_responses: counters.truncated_responses,
-        bad_records_served: counters.bad_records_served,
-        duplicates_served: counters.duplicates_served,
-        late_events: counters.late_events,
-        generated_events: counters.generated_events,
     })
 }
 

@@ -76,8 +76,9 @@ struct Workspace {
     log: Mutex<WorkspaceLog>,
 }
 
-/// Counters reported by `GET /_sim/stats`.
-#[derive(Debug, Default)]
+/// Counters reported by `GET /_sim/stats` (status codes become JSON keys
+/// such as `"200"`).
+#[derive(Debug, Default, Clone, serde::Serialize)]
 struct Counters {
     total_requests: u64,
     by_status: BTreeMap<u16, u64>,

@@ -114,3 +114,43 @@ fn a_second_signal_exits_at_once() {
     // The second signal ends the process through exit(128 + SIGTERM).
     assert_eq!(status.code(), Some(128 + 15), "{status}");
 }
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let sim = Sim::backlog(100);
+    let work = Workdir::new();
+    let config = work.config(&sim.base_url, "");
+    let daemon = Daemon::start_with_env(
+        &config,
+        work.path("daemon.log"),
+        &[("AUDITRELAY__LOG__FORMAT", "json")],
+    );
+    wait_until(Duration::from_secs(30), "the events", || {
+        Delivered::count(&work.out()) >= 100
+    });
+    let logs = daemon.logs();
+    assert!(daemon.terminate().success());
+    let mut messages = Vec::new();
+    for line in std::fs::read_to_string(work.path("daemon.log"))
+        .unwrap()
+        .lines()
+    {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        messages.push(value["message"].as_str().unwrap_or_default().to_string());
+        assert!(value["level"].is_string(), "{line}");
+    }
+    assert!(
+        messages.iter().any(|m| m == "asana source started"),
+        "{logs}"
+    );
+    let started = logs
+        .lines()
+        .find(|l| l.contains("asana source started"))
+        .unwrap();
+    let started: serde_json::Value = serde_json::from_str(started).unwrap();
+    assert_eq!(
+        started["source"], "asana_it",
+        "fields are fields, not text: {started}"
+    );
+}

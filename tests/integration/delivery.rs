@@ -213,3 +213,43 @@ slow_retry_interval = "1s"
         started.elapsed()
     );
 }
+
+#[test]
+fn a_sink_that_is_down_holds_back_only_itself_and_catches_up() {
+    let sim = Sim::backlog(2_000);
+    let work = Workdir::new();
+    // The second sink's directory is blocked by a file at first.
+    let blocked = work.path("second");
+    std::fs::write(&blocked, b"not a directory").unwrap();
+    let second = blocked.join("events.jsonl");
+    let extra = format!(
+        "\n[sinks.second]\nkind = \"file\"\npath = \"{}\"\nretry_initial = \"20ms\"\nretry_max = \"200ms\"\n",
+        second.display()
+    );
+    let text = std::fs::read_to_string(work.config(&sim.base_url, "")).unwrap() + &extra;
+    let config = work.write_config(&text);
+    let daemon = Daemon::start(&config, work.path("daemon.log"));
+    wait_until(Duration::from_secs(60), "the first sink", || {
+        Delivered::count(&work.out()) >= 2_000
+    });
+    assert_eq!(Delivered::count(&second), 0);
+    let state = state_json(&config);
+    assert_eq!(
+        state["outbox_events"], 2_000,
+        "kept for the sink that is down: {state:#}"
+    );
+
+    std::fs::remove_file(&blocked).unwrap();
+    wait_until(
+        Duration::from_secs(60),
+        "the second sink to catch up",
+        || Delivered::count(&second) >= 2_000,
+    );
+    assert!(daemon.terminate().success());
+    for path in [work.out(), second] {
+        let delivered = Delivered::read(&path);
+        assert_eq!(delivered.duplicates(), 0, "{}", path.display());
+        assert_eq!(delivered.unique(), sim.gids(), "{}", path.display());
+    }
+    assert_eq!(state_json(&config)["outbox_events"], 0);
+}

@@ -8,6 +8,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::sync::watch;
@@ -155,7 +156,14 @@ where
 {
     let mut backoff = Backoff::new(BackoffPolicy::default());
     loop {
-        let error = match tokio::spawn(task()).await {
+        let started = tokio::time::Instant::now();
+        let run = tokio::spawn(task()).await;
+        // A run that worked for a while before failing starts the backoff
+        // over: rare failures weeks apart should not wait the maximum.
+        if started.elapsed() > Duration::from_secs(60) {
+            backoff.reset();
+        }
+        let error = match run {
             Ok(Ok(done)) => return Some(done),
             Ok(Err(error)) => error.to_string(),
             Err(join) => match join.try_into_panic() {

@@ -103,8 +103,11 @@ pub fn main() -> ExitCode {
                 eprintln!("error: {config}");
                 return ExitCode::from(config::EXIT_CONFIG as u8);
             }
-            tracing::error!(error = %format!("{error:#}"), "auditrelay failed");
-            eprintln!("error: {error:#}");
+            if crate::telemetry::initialized() {
+                tracing::error!(error = %format!("{error:#}"), "auditrelay failed");
+            } else {
+                eprintln!("error: {error:#}");
+            }
             ExitCode::FAILURE
         }
     }

@@ -3,8 +3,9 @@
 //!
 //! Stability rules: fields are only ever added; a change that removes or
 //! retypes a field bumps [`ENVELOPE_VERSION`]. Absent information is left
-//! out, never sent as a guess. The source's record travels untouched under
-//! `raw` (its exact bytes, so ids above 2^53 and key order survive).
+//! out, never sent as a guess. The source's record travels under
+//! `raw`: verbatim but for whitespace between tokens, which is removed so an
+//! event is always one line (ids above 2^53 and key order survive).
 
 use std::borrow::Cow;
 
@@ -44,7 +45,7 @@ pub struct Envelope<'a> {
     /// From where.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client: Option<Client<'a>>,
-    /// The source's record, byte for byte.
+    /// The source's record, verbatim but for whitespace between tokens.
     pub raw: &'a RawValue,
 }
 

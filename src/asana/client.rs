@@ -131,9 +131,7 @@ impl AsanaClient {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, Utc::now()));
         // Only the start of an error body is ever shown.
-        let body = read_limited(response, MAX_ERROR_BYTES)
-            .await
-            .unwrap_or_default();
+        let body = read_prefix(response, MAX_ERROR_BYTES).await;
         let message = error_message(&body);
         Err(match status {
             StatusCode::TOO_MANY_REQUESTS => SourceError::RateLimited { retry_after },
@@ -189,6 +187,19 @@ async fn read_limited(
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+/// Up to `limit` bytes of a body, whatever its length; errors end it early.
+async fn read_prefix(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        let room = limit - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() == limit {
+            break;
+        }
+    }
+    body
 }
 
 #[derive(Deserialize)]

@@ -233,7 +233,7 @@ mod tests {
         assert_eq!(v["target"].get("name"), None);
         assert_eq!(v["client"]["ip"], "198.51.100.7");
         assert_eq!(v["client"]["app_name"], "SCIM");
-        // raw is the record byte for byte: the u64 above 2^53 survives.
+        // A compact record travels byte for byte: the u64 above 2^53 survives.
         assert!(
             event.payload.ends_with(&format!("\"raw\":{json}}}")),
             "{}",

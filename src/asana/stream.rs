@@ -110,7 +110,10 @@ impl AsanaSource {
                         pacing.expiry.reset();
                         pacing.expired_in_a_row = 0;
                     }
-                    let full = page.records.len() >= self.client.page_size();
+                    // A full page without a next offset would otherwise be
+                    // fetched again at once, forever.
+                    let full =
+                        page.records.len() >= self.client.page_size() && page.next_offset.is_some();
                     match self.store_page(&mut cursor, page, &position).await {
                         Ok(()) => {}
                         Err(e) => {
@@ -227,9 +230,11 @@ impl AsanaSource {
                 start_at,
                 offset: Some(offset.clone()),
             },
-            // Silently: a gap was already reported when this start was set.
+            // A start beyond retention (an old `state reset --to`, a first
+            // run that could not fetch for days) is reported here; the
+            // clamped start is what gets stored with the page.
             None => Position {
-                start_at: start_at.max(retention_floor(now)),
+                start_at: self.clamp_to_retention(start_at, now),
                 offset: None,
             },
         }

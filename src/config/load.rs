@@ -427,7 +427,9 @@ impl Loader {
                 Err(e) => {
                     self.problem(
                         format!("{key}.token_file"),
-                        format!("cannot read {}: {e}", path.display()),
+                        // The path is not repeated: a token pasted here by
+                        // mistake would be printed back.
+                        format!("cannot read the file: {e}"),
                     );
                     return None;
                 }
@@ -439,7 +441,14 @@ impl Loader {
                 None => {
                     self.problem(
                         format!("{key}.token_env"),
-                        format!("environment variable {var:?} is not set"),
+                        if is_env_name(&var) {
+                            format!("environment variable {var:?} is not set")
+                        } else {
+                            // Not a variable name; maybe the token itself,
+                            // so it is not printed back.
+                            "must name an environment variable (letters, digits and '_')"
+                                .to_string()
+                        },
                     );
                     return None;
                 }
@@ -612,6 +621,14 @@ fn parse_start_at(text: &str) -> Result<StartAt, String> {
     humantime::parse_duration(text)
         .map(StartAt::Lookback)
         .map_err(|_| format!("{text:?} is neither an RFC 3339 time nor a lookback such as \"7d\""))
+}
+
+fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// A parser message without its source excerpt (the `6 | key = "…"` and

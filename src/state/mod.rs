@@ -378,7 +378,10 @@ impl StateDb {
     pub fn prune_quarantine(&mut self, keep: u64) -> Result<u64, StateError> {
         let keep = i64::try_from(keep).unwrap_or(i64::MAX);
         let removed = self.conn.execute(
-            "DELETE FROM quarantine WHERE id <= (SELECT MAX(id) FROM quarantine) - ?1",
+            // Ids have gaps (an ignored duplicate still uses one up), so
+            // keep by rank, not by arithmetic on ids.
+            "DELETE FROM quarantine WHERE id NOT IN
+                 (SELECT id FROM quarantine ORDER BY id DESC LIMIT ?1)",
             [keep],
         )?;
         Ok(removed as u64)

@@ -90,10 +90,7 @@ fn unreadable_token_file() {
     let (code, err) = check(&text, &[]);
     assert_eq!(code, 78, "{err}");
     assert!(
-        err.contains(&format!(
-            "sources.main.token_file: cannot read {}",
-            dir.display()
-        )),
+        err.contains("sources.main.token_file: cannot read the file: Is a directory"),
         "{err}"
     );
 }

@@ -137,7 +137,7 @@ fn range_and_token_errors_name_the_key() {
     assert!(
         found
             .iter()
-            .any(|p| p.starts_with("sources.main.token_file: cannot read /nonexistent/token")),
+            .any(|p| p.starts_with("sources.main.token_file: cannot read the file: No such file")),
         "{found:#?}"
     );
     let text = MINIMAL.replace("token = \"inline-token\"", "token_env = \"NOPE\"");
@@ -203,6 +203,15 @@ fn errors_never_contain_the_token() {
         MINIMAL.replace(
             "token = \"inline-token\"",
             &format!("token = \"{TOKEN}\"\npage_size = 0\ncolour = 1"),
+        ),
+        // The token pasted where a variable name or a path belongs.
+        MINIMAL.replace(
+            "token = \"inline-token\"",
+            &format!("token_env = \"2/1200/{TOKEN}:x\""),
+        ),
+        MINIMAL.replace(
+            "token = \"inline-token\"",
+            &format!("token_file = \"2/1200/{TOKEN}:x\""),
         ),
         // A token that cannot go into an HTTP header.
         MINIMAL.replace(

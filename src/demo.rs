@@ -35,8 +35,12 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 2.0)]
     pub rate: f64,
     /// Log level (a tracing filter).
-    #[arg(long, default_value = "info")]
+    #[arg(long, default_value = "info", value_parser = log_level)]
     pub log_level: String,
+}
+
+fn log_level(level: &str) -> Result<String, String> {
+    crate::config::check_log_level(level).map(|()| level.to_string())
 }
 
 const DEMO_TOKEN: &str = "demo-service-account-token";

@@ -260,8 +260,8 @@ impl Loader {
 
     fn log(&mut self, raw: raw::Log) -> Option<LogConfig> {
         let level = raw.level.unwrap_or_else(|| "info".to_string());
-        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&level) {
-            self.problem("log.level", format!("{level:?} is not a log filter: {e}"));
+        if let Err(message) = check_log_level(&level) {
+            self.problem("log.level", message);
         }
         let format = match raw.format.as_deref() {
             None | Some("text") => LogFormat::Text,
@@ -621,6 +621,34 @@ fn parse_start_at(text: &str) -> Result<StartAt, String> {
     humantime::parse_duration(text)
         .map(StartAt::Lookback)
         .map_err(|_| format!("{text:?} is neither an RFC 3339 time nor a lookback such as \"7d\""))
+}
+
+/// Checks a `log.level` filter. Besides the filter syntax, every directive
+/// must name a level: the syntax reads a bare word as a target name, so a
+/// typo such as "verbose" would silently turn logging off.
+pub fn check_log_level(level: &str) -> Result<(), String> {
+    if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(level) {
+        return Err(format!("{level:?} is not a log filter: {e}"));
+    }
+    match level
+        .split(',')
+        .map(str::trim)
+        .find(|d| !is_level_directive(d))
+    {
+        Some(bad) => Err(format!(
+            "{bad:?} is neither a level (trace, debug, info, warn, error, off) nor target=level"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// A level, or `target=level` / `target[span]=level`.
+fn is_level_directive(directive: &str) -> bool {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let level = directive
+        .rsplit_once('=')
+        .map_or(directive, |(_, level)| level);
+    LEVELS.contains(&level.to_ascii_lowercase().as_str())
 }
 
 fn is_env_name(name: &str) -> bool {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-pub use load::{load, load_with_env, ConfigErrors, Problem, ENV_PREFIX};
+pub use load::{check_log_level, load, load_with_env, ConfigErrors, Problem, ENV_PREFIX};
 
 use crate::retry::BackoffPolicy;
 use crate::secret::Secret;

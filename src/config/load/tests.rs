@@ -238,6 +238,21 @@ fn syntax_errors_keep_their_position() {
 }
 
 #[test]
+fn log_levels_must_be_levels() {
+    for good in ["info", "auditrelay=debug,info", "warn,hyper=off", "DEBUG"] {
+        let text = format!("{MINIMAL}\n[log]\nlevel = \"{good}\"\n");
+        let dir = tempfile::tempdir().unwrap();
+        load_with_env(&write(&dir, &text), env(&[])).unwrap_or_else(|e| panic!("{good}: {e}"));
+    }
+    let found = problems(&format!("{MINIMAL}\n[log]\nlevel = \"verbose\"\n"), &[]);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].starts_with("log.level: \"verbose\" is neither a level"),
+        "{found:#?}"
+    );
+}
+
+#[test]
 fn byte_sizes() {
     assert_eq!(raw::parse_byte_size("100MiB"), Ok(100 << 20));
     assert_eq!(raw::parse_byte_size("10 MB"), Ok(10_000_000));

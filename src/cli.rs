@@ -234,6 +234,7 @@ async fn check(config: &Config) -> bool {
         let result = match &sink.kind {
             SinkKind::Stdout => Ok(()),
             SinkKind::File(file) => check_writable(&file.path),
+            SinkKind::Syslog(syslog) => check_syslog(syslog).await,
         };
         match result {
             Ok(()) => println!("sink {}: ok", sink.id),
@@ -251,6 +252,24 @@ async fn check(config: &Config) -> bool {
         }
     }
     ok
+}
+
+/// A TCP receiver must accept a connection; UDP has nothing to check but
+/// that the address resolves.
+async fn check_syslog(config: &crate::sink::syslog::SyslogConfig) -> anyhow::Result<()> {
+    use crate::sink::syslog::Transport;
+    let connect = async {
+        match config.transport {
+            Transport::Udp => tokio::net::lookup_host(&config.address).await.map(|_| ()),
+            _ => tokio::net::TcpStream::connect(&config.address)
+                .await
+                .map(|_| ()),
+        }
+    };
+    tokio::time::timeout(config.timeout, connect)
+        .await
+        .with_context(|| format!("{}: timed out", config.address))?
+        .with_context(|| format!("cannot reach {}", config.address))
 }
 
 fn check_writable(path: &Path) -> anyhow::Result<()> {

@@ -14,6 +14,7 @@ use super::{
 };
 use crate::retry::BackoffPolicy;
 use crate::secret::Secret;
+use crate::sink::syslog::{Format, Header, SyslogConfig, Transport};
 
 /// Environment variables with this prefix override file keys:
 /// `AUDITRELAY__SOURCES__MAIN__POLL_INTERVAL=10s` sets
@@ -548,10 +549,22 @@ impl Loader {
                     SinkKind::File(file),
                 )
             }
+            "syslog" => {
+                let raw: raw::SyslogSink = self.deserialize(value, &key)?;
+                let config = self.syslog(&key, &raw);
+                (
+                    raw.batch_size,
+                    raw.retry_initial,
+                    raw.retry_max,
+                    SinkKind::Syslog(config?),
+                )
+            }
             other => {
                 self.problem(
                     format!("{key}.kind"),
-                    format!("unknown sink kind {other:?} (known: \"stdout\", \"file\")"),
+                    format!(
+                        "unknown sink kind {other:?} (known: \"stdout\", \"file\", \"syslog\")"
+                    ),
                 );
                 return None;
             }
@@ -569,6 +582,108 @@ impl Loader {
             batch_size,
             retry,
             kind,
+        })
+    }
+
+    fn syslog(&mut self, key: &str, raw: &raw::SyslogSink) -> Option<SyslogConfig> {
+        let address = raw.address.clone().unwrap_or_default();
+        let has_port = address
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !has_port {
+            self.problem(
+                format!("{key}.address"),
+                "required: the receiver as host:port",
+            );
+        }
+        let udp = match raw.transport.as_deref() {
+            None | Some("tcp") => false,
+            Some("udp") => true,
+            Some(other) => {
+                self.problem(
+                    format!("{key}.transport"),
+                    format!("{other:?} is not one of \"tcp\", \"udp\""),
+                );
+                false
+            }
+        };
+        let transport = match (udp, raw.framing.as_deref()) {
+            (true, None) => Transport::Udp,
+            (true, Some(_)) => {
+                self.problem(
+                    format!("{key}.framing"),
+                    "only applies to transport = \"tcp\"",
+                );
+                Transport::Udp
+            }
+            (false, None | Some("octet-counting")) => Transport::TcpOctetCounting,
+            (false, Some("lf")) => Transport::TcpLf,
+            (false, Some(other)) => {
+                self.problem(
+                    format!("{key}.framing"),
+                    format!("{other:?} is not one of \"octet-counting\", \"lf\""),
+                );
+                Transport::TcpOctetCounting
+            }
+        };
+        let format = match raw.format.as_deref() {
+            None | Some("rfc5424") => Format::Rfc5424,
+            Some("rfc3164") => Format::Rfc3164,
+            Some(other) => {
+                self.problem(
+                    format!("{key}.format"),
+                    format!("{other:?} is not one of \"rfc5424\", \"rfc3164\""),
+                );
+                Format::Rfc5424
+            }
+        };
+        let facility_name = raw.facility.as_deref().unwrap_or("local0");
+        let facility = FACILITIES.iter().position(|f| *f == facility_name);
+        if facility.is_none() {
+            self.problem(
+                format!("{key}.facility"),
+                format!(
+                    "{facility_name:?} is not a syslog facility ({})",
+                    FACILITIES.join(", ")
+                ),
+            );
+        }
+        let default_max = if udp { 2048 } else { 64 << 10 };
+        let max_message_bytes = raw.max_message_bytes.unwrap_or(default_max);
+        // RFC 5424 §6.1: every receiver accepts 480 octets.
+        if max_message_bytes < 480 {
+            self.problem(
+                format!("{key}.max_message_bytes"),
+                "must be at least 480 (RFC 5424)",
+            );
+        }
+        if udp && max_message_bytes > 65_507 {
+            self.problem(
+                format!("{key}.max_message_bytes"),
+                "a udp datagram holds at most 65507 bytes",
+            );
+        }
+        let timeout = self.positive(key, "timeout", raw.timeout, 10);
+        let hostname = raw.hostname.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_default()
+        });
+        Some(SyslogConfig {
+            address,
+            transport,
+            header: Header {
+                format,
+                facility: u8::try_from(facility?).ok()?,
+                hostname,
+                app_name: raw
+                    .app_name
+                    .clone()
+                    .unwrap_or_else(|| "auditrelay".to_string()),
+                procid: std::process::id().to_string(),
+            },
+            max_message_bytes: usize::try_from(max_message_bytes).unwrap_or(usize::MAX),
+            timeout,
         })
     }
 
@@ -622,6 +737,34 @@ fn parse_start_at(text: &str) -> Result<StartAt, String> {
         .map(StartAt::Lookback)
         .map_err(|_| format!("{text:?} is neither an RFC 3339 time nor a lookback such as \"7d\""))
 }
+
+/// Syslog facilities by code (RFC 5424 §6.2.1 and the usual names).
+const FACILITIES: [&str; 24] = [
+    "kern",
+    "user",
+    "mail",
+    "daemon",
+    "auth",
+    "syslog",
+    "lpr",
+    "news",
+    "uucp",
+    "cron",
+    "authpriv",
+    "ftp",
+    "ntp",
+    "security",
+    "console",
+    "solaris-cron",
+    "local0",
+    "local1",
+    "local2",
+    "local3",
+    "local4",
+    "local5",
+    "local6",
+    "local7",
+];
 
 /// Checks a `log.level` filter. Besides the filter syntax, every directive
 /// must name a level: the syntax reads a bare word as a target name, so a

@@ -156,6 +156,8 @@ pub enum SinkKind {
     Stdout,
     /// JSON lines in a file, fsynced, rotated by size.
     File(FileSinkConfig),
+    /// RFC 5424 / RFC 3164 messages over UDP or TCP.
+    Syslog(crate::sink::syslog::SyslogConfig),
 }
 
 impl SinkKind {
@@ -164,6 +166,7 @@ impl SinkKind {
         match self {
             Self::Stdout => "stdout",
             Self::File(_) => "file",
+            Self::Syslog(_) => "syslog",
         }
     }
 }

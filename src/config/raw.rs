@@ -104,6 +104,29 @@ pub(super) struct FileSink {
     pub(super) retry_max: Option<Duration>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SyslogSink {
+    #[allow(dead_code, reason = "read before dispatch; listed so the key is known")]
+    pub(super) kind: String,
+    pub(super) address: Option<String>,
+    pub(super) transport: Option<String>,
+    pub(super) framing: Option<String>,
+    pub(super) format: Option<String>,
+    pub(super) facility: Option<String>,
+    pub(super) hostname: Option<String>,
+    pub(super) app_name: Option<String>,
+    #[serde(default, deserialize_with = "byte_size")]
+    pub(super) max_message_bytes: Option<u64>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) timeout: Option<Duration>,
+    pub(super) batch_size: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) retry_initial: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) retry_max: Option<Duration>,
+}
+
 /// A size: a number of bytes, or a string such as `"100MiB"` or `"10 MB"`.
 fn byte_size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
     #[derive(Deserialize)]

@@ -10,6 +10,7 @@
 
 mod file;
 mod stdout;
+pub mod syslog;
 
 use std::time::Duration;
 
@@ -48,6 +49,7 @@ pub fn build(config: &SinkConfig) -> Box<dyn Sink> {
     match &config.kind {
         SinkKind::Stdout => Box::new(StdoutSink::new()),
         SinkKind::File(file) => Box::new(FileSink::new(file.clone())),
+        SinkKind::Syslog(config) => Box::new(syslog::SyslogSink::new(config.clone())),
     }
 }
 

@@ -9,3 +9,4 @@ mod delivery;
 mod demo;
 mod faults;
 mod secrets;
+mod syslog;

@@ -46,7 +46,7 @@ fn example_config_is_valid_and_complete() {
         asana.start_at,
         StartAt::Lookback(Duration::from_secs(7 * 86400))
     );
-    assert_eq!(config.sinks.len(), 2);
+    assert_eq!(config.sinks.len(), 3);
     let file = config.sinks.iter().find(|s| s.id == "archive").unwrap();
     match &file.kind {
         SinkKind::File(f) => assert_eq!(f.max_bytes, 100 << 20),
@@ -250,6 +250,46 @@ fn log_levels_must_be_levels() {
         found[0].starts_with("log.level: \"verbose\" is neither a level"),
         "{found:#?}"
     );
+}
+
+#[test]
+fn syslog_options_are_checked() {
+    let sink =
+        |lines: &str| MINIMAL.replace("kind = \"stdout\"", &format!("kind = \"syslog\"\n{lines}"));
+    let found = problems(
+        &sink(
+            "transport = \"udp\"\nframing = \"lf\"\nfacility = \"local9\"\nmax_message_bytes = 100",
+        ),
+        &[],
+    );
+    for needle in [
+        "sinks.out.address: required",
+        "sinks.out.framing: only applies",
+        "sinks.out.facility: \"local9\" is not a syslog facility",
+        "sinks.out.max_message_bytes: must be at least 480",
+    ] {
+        assert!(
+            found.iter().any(|p| p.starts_with(needle)),
+            "no {needle:?} in {found:#?}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = load_with_env(
+        &write(
+            &dir,
+            &sink("address = \"siem.example:6514\"\nframing = \"lf\""),
+        ),
+        env(&[]),
+    )
+    .unwrap();
+    match &config.sinks[0].kind {
+        SinkKind::Syslog(s) => {
+            assert_eq!(s.transport, crate::sink::syslog::Transport::TcpLf);
+            assert_eq!(s.header.facility, 16);
+            assert_eq!(s.max_message_bytes, 64 << 10);
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]

@@ -259,8 +259,18 @@ async fn check(config: &Config) -> bool {
 async fn check_syslog(config: &crate::sink::syslog::SyslogConfig) -> anyhow::Result<()> {
     use crate::sink::syslog::Transport;
     let connect = async {
-        match config.transport {
+        match &config.transport {
             Transport::Udp => tokio::net::lookup_host(&config.address).await.map(|_| ()),
+            Transport::Tls(tls) => {
+                // The whole handshake: certificates are what usually fails.
+                let tcp = tokio::net::TcpStream::connect(&config.address).await?;
+                let connector =
+                    tokio_rustls::TlsConnector::from(std::sync::Arc::clone(&tls.client));
+                connector
+                    .connect(tls.server_name.clone(), tcp)
+                    .await
+                    .map(|_| ())
+            }
             _ => tokio::net::TcpStream::connect(&config.address)
                 .await
                 .map(|_| ()),

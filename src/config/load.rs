@@ -14,7 +14,7 @@ use super::{
 };
 use crate::retry::BackoffPolicy;
 use crate::secret::Secret;
-use crate::sink::syslog::{Format, Header, SyslogConfig, Transport};
+use crate::sink::syslog::{Format, Header, SyslogConfig, TlsOptions, Transport};
 
 /// Environment variables with this prefix override file keys:
 /// `AUDITRELAY__SOURCES__MAIN__POLL_INTERVAL=10s` sets
@@ -596,18 +596,54 @@ impl Loader {
                 "required: the receiver as host:port",
             );
         }
-        let udp = match raw.transport.as_deref() {
-            None | Some("tcp") => false,
-            Some("udp") => true,
+        let (udp, tls) = match raw.transport.as_deref() {
+            None | Some("tcp") => (false, false),
+            Some("udp") => (true, false),
+            Some("tls") => (false, true),
             Some(other) => {
                 self.problem(
                     format!("{key}.transport"),
-                    format!("{other:?} is not one of \"tcp\", \"udp\""),
+                    format!("{other:?} is not one of \"tcp\", \"udp\", \"tls\""),
                 );
-                false
+                (false, false)
             }
         };
+        if raw.tls.is_some() && !tls {
+            self.problem(format!("{key}.tls"), "only applies to transport = \"tls\"");
+        }
+        let tls_settings = if tls {
+            if raw
+                .framing
+                .as_deref()
+                .is_some_and(|f| f != "octet-counting")
+            {
+                self.problem(
+                    format!("{key}.framing"),
+                    "TLS uses octet counting (RFC 5425)",
+                );
+            }
+            let options = raw
+                .tls
+                .as_ref()
+                .map_or_else(TlsOptions::default, |t| TlsOptions {
+                    ca_file: t.ca_file.clone(),
+                    cert_file: t.cert_file.clone(),
+                    key_file: t.key_file.clone(),
+                    server_name: t.server_name.clone(),
+                });
+            let host = address.rsplit_once(':').map_or("", |(host, _)| host);
+            match options.build(host) {
+                Ok(settings) => Some(settings),
+                Err(message) => {
+                    self.problem(format!("{key}.tls"), message);
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let transport = match (udp, raw.framing.as_deref()) {
+            _ if tls => Transport::Tls(tls_settings?),
             (true, None) => Transport::Udp,
             (true, Some(_)) => {
                 self.problem(

@@ -118,6 +118,7 @@ pub(super) struct SyslogSink {
     pub(super) app_name: Option<String>,
     #[serde(default, deserialize_with = "byte_size")]
     pub(super) max_message_bytes: Option<u64>,
+    pub(super) tls: Option<SyslogTls>,
     #[serde(default, with = "humantime_serde")]
     pub(super) timeout: Option<Duration>,
     pub(super) batch_size: Option<usize>,
@@ -125,6 +126,15 @@ pub(super) struct SyslogSink {
     pub(super) retry_initial: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub(super) retry_max: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SyslogTls {
+    pub(super) ca_file: Option<PathBuf>,
+    pub(super) cert_file: Option<PathBuf>,
+    pub(super) key_file: Option<PathBuf>,
+    pub(super) server_name: Option<String>,
 }
 
 /// A size: a number of bytes, or a string such as `"100MiB"` or `"10 MB"`.

@@ -32,10 +32,12 @@ fn free_port() -> u16 {
 
 impl Rsyslog {
     fn start(work: &Workdir) -> Self {
-        Self::start_on(work, free_port(), free_port())
+        Self::start_on(work, free_port(), free_port(), None)
     }
 
-    fn start_on(work: &Workdir, udp_port: u16, tcp_port: u16) -> Self {
+    /// `tls`: serve TLS on the TCP port with this PKI, requiring a valid
+    /// client certificate when `mutual`.
+    fn start_on(work: &Workdir, udp_port: u16, tcp_port: u16, tls: Option<(&Pki, bool)>) -> Self {
         let binary = ["/usr/sbin/rsyslogd", "/sbin/rsyslogd"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
@@ -48,9 +50,9 @@ impl Rsyslog {
         let received = dir.join("received.jsonl");
         let config = format!(
             r#"
-global(workDirectory="{dir}" maxMessageSize="64k")
+global(workDirectory="{dir}" maxMessageSize="64k" {tls_global})
 module(load="imudp")
-module(load="imtcp")
+module(load="imtcp" {tls_module})
 template(name="fields" type="list" option.jsonf="on") {{
   property(outname="hostname" name="hostname" format="jsonf")
   property(outname="app_name" name="app-name" format="jsonf")
@@ -71,6 +73,14 @@ input(type="imtcp" address="127.0.0.1" port="{tcp_port}" ruleset="collect")
 "#,
             dir = dir.display(),
             received = received.display(),
+            tls_global = tls.map_or(String::new(), |(pki, _)| format!(
+                "DefaultNetstreamDriver=\"gtls\" DefaultNetstreamDriverCAFile=\"{}\" DefaultNetstreamDriverCertFile=\"{}\" DefaultNetstreamDriverKeyFile=\"{}\"",
+                pki.ca.display(), pki.server_cert.display(), pki.server_key.display()
+            )),
+            tls_module = tls.map_or(String::new(), |(_, mutual)| format!(
+                "StreamDriver.Name=\"gtls\" StreamDriver.Mode=\"1\" StreamDriver.AuthMode=\"{}\"",
+                if mutual { "x509/certvalid" } else { "anon" }
+            )),
         );
         let conf = dir.join("rsyslog.conf");
         std::fs::write(&conf, config).unwrap();
@@ -238,7 +248,7 @@ fn a_receiver_that_comes_up_late_gets_everything() {
     wait_until(Duration::from_secs(30), "failed deliveries", || {
         daemon.logs().matches("delivery failed").count() >= 3
     });
-    let rsyslog = Rsyslog::start_on(&work, udp_port, tcp_port);
+    let rsyslog = Rsyslog::start_on(&work, udp_port, tcp_port, None);
     wait_until(
         Duration::from_secs(60),
         "the late receiver to get every event",
@@ -246,4 +256,181 @@ fn a_receiver_that_comes_up_late_gets_everything() {
     );
     assert!(daemon.terminate().success());
     check_rfc5424(&sim, &rsyslog.lines(), "imtcp");
+}
+
+/// A test CA with a server certificate (localhost, 127.0.0.1) and a client
+/// certificate, made with the openssl command line.
+struct Pki {
+    ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+impl Pki {
+    fn generate(work: &Workdir) -> Self {
+        let dir = work.path("pki");
+        std::fs::create_dir_all(&dir).unwrap();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        openssl(
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.pem",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=auditrelay test CA",
+                ],
+            ]
+            .concat(),
+        );
+        for (who, eku, san) in [
+            ("server", "serverAuth", "DNS:localhost,IP:127.0.0.1"),
+            ("client", "clientAuth", "DNS:client"),
+        ] {
+            std::fs::write(
+                dir.join(format!("{who}.ext")),
+                format!("subjectAltName={san}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage={eku}\n"),
+            )
+            .unwrap();
+            let (key, csr, pem, ext) = (
+                format!("{who}.key"),
+                format!("{who}.csr"),
+                format!("{who}.pem"),
+                format!("{who}.ext"),
+            );
+            openssl(
+                &[
+                    &["req"][..],
+                    &ec,
+                    &[
+                        "-keyout",
+                        &key,
+                        "-out",
+                        &csr,
+                        "-subj",
+                        &format!("/CN={who}"),
+                    ],
+                ]
+                .concat(),
+            );
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+            ]);
+        }
+        Self {
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client.key"),
+        }
+    }
+}
+
+fn tls_config(work: &Workdir, sim: &Sim, tcp_port: u16, tls_table: &str) -> PathBuf {
+    let text = std::fs::read_to_string(work.config(&sim.base_url, ""))
+        .unwrap()
+        .replace(
+            "[sinks.file]\nkind = \"file\"",
+            &format!("[sinks.siem]\nkind = \"syslog\"\nhostname = \"relay-it\"\naddress = \"127.0.0.1:{tcp_port}\"\ntransport = \"tls\"\nretry_initial = \"50ms\"\nretry_max = \"300ms\"\n{tls_table}\n[sinks.file]\nkind = \"file\""),
+        );
+    work.write_config(&text)
+}
+
+#[test]
+fn tls_with_a_custom_ca_and_a_client_certificate() {
+    let sim = Sim::backlog(300);
+    let work = Workdir::new();
+    let pki = Pki::generate(&work);
+    let tcp_port = free_port();
+    let rsyslog = Rsyslog::start_on(&work, free_port(), tcp_port, Some((&pki, true)));
+    let table = format!(
+        "[sinks.siem.tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"",
+        pki.ca.display(),
+        pki.client_cert.display(),
+        pki.client_key.display()
+    );
+    let config = tls_config(&work, &sim, tcp_port, &table);
+    let daemon = Daemon::start(&config, work.path("daemon.log"));
+    wait_until(Duration::from_secs(60), "every event over TLS", || {
+        rsyslog.lines().len() >= 300
+    });
+    assert!(daemon.terminate().success());
+    check_rfc5424(&sim, &rsyslog.lines(), "imtcp");
+}
+
+#[test]
+fn tls_verifies_the_server_and_mutual_tls_needs_the_client_certificate() {
+    let sim = Sim::backlog(50);
+    let work = Workdir::new();
+    let pki = Pki::generate(&work);
+    let tcp_port = free_port();
+    let rsyslog = Rsyslog::start_on(&work, free_port(), tcp_port, Some((&pki, true)));
+    // No ca_file: the system's roots do not know the test CA.
+    let config = tls_config(&work, &sim, tcp_port, "");
+    let daemon = Daemon::start(&config, work.path("daemon.log"));
+    wait_until(Duration::from_secs(30), "refused deliveries", || {
+        daemon.logs().matches("delivery failed").count() >= 2
+    });
+    let logs = daemon.logs();
+    assert!(daemon.terminate().success());
+    assert!(
+        logs.contains("certificate"),
+        "the error names the certificate problem:\n{logs}"
+    );
+    // The right CA but no client certificate: the receiver refuses.
+    let table = format!("[sinks.siem.tls]\nca_file = \"{}\"", pki.ca.display());
+    let config = tls_config(&work, &sim, tcp_port, &table);
+    let daemon = Daemon::start(&config, work.path("daemon2.log"));
+    wait_until(Duration::from_secs(30), "refused deliveries", || {
+        std::fs::read_to_string(work.path("daemon2.log"))
+            .unwrap_or_default()
+            .matches("delivery failed")
+            .count()
+            >= 2
+    });
+    assert!(daemon.terminate().success());
+    assert!(
+        rsyslog.lines().is_empty(),
+        "nothing may arrive without verification"
+    );
 }

@@ -273,6 +273,33 @@ fn syslog_options_are_checked() {
             "no {needle:?} in {found:#?}"
         );
     }
+    let found = problems(
+        &sink("address = \"siem.example:6514\"\ntransport = \"tls\"\nframing = \"lf\"\n[sinks.out.tls]\nca_file = \"/nonexistent/ca.pem\"\ncert_file = \"/x.pem\""),
+        &[],
+    );
+    assert!(
+        found
+            .iter()
+            .any(|p| p.starts_with("sinks.out.framing: TLS uses octet counting")),
+        "{found:#?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|p| p
+                .starts_with("sinks.out.tls: cannot read certificates from /nonexistent/ca.pem")),
+        "{found:#?}"
+    );
+    let found = problems(
+        &sink("address = \"siem.example:6514\"\n[sinks.out.tls]\nserver_name = \"x\""),
+        &[],
+    );
+    assert!(
+        found
+            .iter()
+            .any(|p| p.starts_with("sinks.out.tls: only applies")),
+        "{found:#?}"
+    );
     let dir = tempfile::tempdir().unwrap();
     let config = load_with_env(
         &write(
@@ -284,7 +311,7 @@ fn syslog_options_are_checked() {
     .unwrap();
     match &config.sinks[0].kind {
         SinkKind::Syslog(s) => {
-            assert_eq!(s.transport, crate::sink::syslog::Transport::TcpLf);
+            assert!(matches!(s.transport, crate::sink::syslog::Transport::TcpLf));
             assert_eq!(s.header.facility, 16);
             assert_eq!(s.max_message_bytes, 64 << 10);
         }

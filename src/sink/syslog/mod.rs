@@ -12,26 +12,30 @@
 //! `max_message_bytes` is truncated to it, counted and logged.
 
 mod format;
+mod tls;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
 pub use format::{Format, Header, SD_ID};
+pub use tls::{TlsOptions, TlsSettings};
 
 use super::{Sink, SinkError};
 use crate::state::OutboxRecord;
 
 /// How messages reach the receiver.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Transport {
     Udp,
     /// TCP with RFC 6587 octet counting (`LEN SP MSG`).
     TcpOctetCounting,
     /// TCP with a line feed after each message (non-transparent framing).
     TcpLf,
+    /// TLS with octet counting (RFC 5425).
+    Tls(TlsSettings),
 }
 
 /// The syslog sink's settings.
@@ -50,15 +54,40 @@ pub struct SyslogConfig {
 #[derive(Debug)]
 pub struct SyslogSink {
     config: SyslogConfig,
-    tcp: Option<TcpStream>,
+    stream: Option<Box<dyn Stream>>,
     udp: Option<UdpSocket>,
+}
+
+/// A connected TCP or TLS stream.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + std::fmt::Debug {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + std::fmt::Debug> Stream
+    for T
+{
+}
+
+/// How long a new TLS connection waits for the receiver to reject it.
+/// With TLS 1.3 the client's handshake completes before the server has
+/// checked the client certificate; a refusal arrives as an alert just
+/// after, and a batch written in between would be lost.
+const TLS_SETTLE: Duration = Duration::from_millis(250);
+
+/// Whether the receiver has closed the connection or sent an alert. A
+/// syslog receiver never sends data, so anything readable is one of these.
+/// Waits at most `wait` (zero: only what has already arrived).
+async fn closed_by_peer(stream: &mut Box<dyn Stream>, wait: Duration) -> Option<String> {
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(wait, stream.read(&mut byte)).await {
+        Err(_) | Ok(Ok(1..)) => None,
+        Ok(Ok(0)) => Some("the receiver closed the connection".to_string()),
+        Ok(Err(e)) => Some(e.to_string()),
+    }
 }
 
 impl SyslogSink {
     pub fn new(config: SyslogConfig) -> Self {
         Self {
             config,
-            tcp: None,
+            stream: None,
             udp: None,
         }
     }
@@ -68,7 +97,7 @@ impl SyslogSink {
         for record in batch {
             let message = self.config.header.message(record);
             match self.config.transport {
-                Transport::TcpOctetCounting => {
+                Transport::TcpOctetCounting | Transport::Tls(_) => {
                     buf.extend_from_slice(format!("{} ", message.len()).as_bytes());
                     buf.extend_from_slice(message.as_bytes());
                 }
@@ -79,13 +108,37 @@ impl SyslogSink {
                 }
             }
         }
-        if self.tcp.is_none() {
-            let stream = TcpStream::connect(&self.config.address).await?;
-            stream.set_nodelay(true)?;
+        if self.stream.is_none() {
+            let tcp = TcpStream::connect(&self.config.address).await?;
+            tcp.set_nodelay(true)?;
+            let mut stream: Box<dyn Stream> = match &self.config.transport {
+                Transport::Tls(tls) => {
+                    let connector =
+                        tokio_rustls::TlsConnector::from(std::sync::Arc::clone(&tls.client));
+                    Box::new(connector.connect(tls.server_name.clone(), tcp).await?)
+                }
+                _ => Box::new(tcp),
+            };
+            if matches!(self.config.transport, Transport::Tls(_)) {
+                if let Some(reason) = closed_by_peer(&mut stream, TLS_SETTLE).await {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionRefused,
+                        format!("the receiver refused the TLS session: {reason}"),
+                    ));
+                }
+            }
             tracing::info!(address = %self.config.address, "connected to syslog receiver");
-            self.tcp = Some(stream);
+            self.stream = Some(stream);
         }
-        let stream = self.tcp.as_mut().expect("connected above");
+        let stream = self.stream.as_mut().expect("connected above");
+        // A connection the receiver closed (a restart, an idle timeout)
+        // would swallow the next write; find out first.
+        if let Some(reason) = closed_by_peer(stream, Duration::ZERO).await {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                reason,
+            ));
+        }
         stream.write_all(&buf).await?;
         stream.flush().await
     }
@@ -134,7 +187,7 @@ impl Sink for SyslogSink {
             Err(_) => format!("timed out after {}s", timeout.as_secs_f64()),
         };
         // Reconnect on the next attempt: part of the batch may be written.
-        self.tcp = None;
+        self.stream = None;
         self.udp = None;
         Err(SinkError::Unavailable(format!(
             "syslog {}: {error}",

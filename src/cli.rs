@@ -235,6 +235,7 @@ async fn check(config: &Config) -> bool {
             SinkKind::Stdout => Ok(()),
             SinkKind::File(file) => check_writable(&file.path),
             SinkKind::Syslog(syslog) => check_syslog(syslog).await,
+            SinkKind::Kafka(kafka) => check_kafka(kafka).await,
         };
         match result {
             Ok(()) => println!("sink {}: ok", sink.id),
@@ -280,6 +281,25 @@ async fn check_syslog(config: &crate::sink::syslog::SyslogConfig) -> anyhow::Res
         .await
         .with_context(|| format!("{}: timed out", config.address))?
         .with_context(|| format!("cannot reach {}", config.address))
+}
+
+/// The brokers must answer a metadata request.
+async fn check_kafka(config: &crate::sink::kafka::KafkaConfig) -> anyhow::Result<()> {
+    use rdkafka::producer::{BaseProducer, Producer};
+    let client = config.client_config();
+    let brokers = config.brokers.clone();
+    tokio::task::spawn_blocking(move || {
+        let producer: BaseProducer = client
+            .create()
+            .map_err(|e| anyhow::anyhow!(crate::sink::kafka::config_error(&e)))?;
+        let metadata = producer
+            .client()
+            .fetch_metadata(None, std::time::Duration::from_secs(10))?;
+        anyhow::ensure!(!metadata.brokers().is_empty(), "no broker answered");
+        Ok(())
+    })
+    .await?
+    .with_context(|| format!("cannot reach kafka at {brokers}"))
 }
 
 fn check_writable(path: &Path) -> anyhow::Result<()> {

@@ -104,6 +104,46 @@ pub struct Client<'a> {
     pub app_name: Option<&'a str>,
 }
 
+/// The few envelope fields sinks put in their own headers (syslog MSGID
+/// and severity, Kafka headers), read back from a stored envelope.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct EnvelopeMeta<'a> {
+    #[serde(borrow)]
+    pub time: Option<Cow<'a, str>>,
+    #[serde(rename = "type", borrow)]
+    pub event_type: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub outcome: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub category: Option<Cow<'a, str>>,
+    pub envelope_version: Option<u32>,
+    #[serde(borrow)]
+    pub source: Option<EnvelopeSource<'a>>,
+}
+
+/// `source` of [`EnvelopeMeta`].
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct EnvelopeSource<'a> {
+    #[serde(borrow)]
+    pub kind: Option<Cow<'a, str>>,
+}
+
+impl<'a> EnvelopeMeta<'a> {
+    /// Reads `payload`; a payload that is not an envelope (which the
+    /// pipeline never stores) gives empty fields rather than an error.
+    pub fn read(payload: &'a str) -> Self {
+        serde_json::from_str(payload).unwrap_or_default()
+    }
+
+    /// The source's kind (`asana`), or empty.
+    pub fn source_kind(&self) -> &str {
+        self.source
+            .as_ref()
+            .and_then(|s| s.kind.as_deref())
+            .unwrap_or("")
+    }
+}
+
 /// `json` without the whitespace between tokens, so that an event is one
 /// line whatever the API's formatting. Strings, numbers (however large) and
 /// key order are untouched. Borrows when there is nothing to remove.

@@ -14,6 +14,7 @@ use super::{
 };
 use crate::retry::BackoffPolicy;
 use crate::secret::Secret;
+use crate::sink::kafka::KafkaConfig;
 use crate::sink::syslog::{Format, Header, SyslogConfig, TlsOptions, Transport};
 
 /// Environment variables with this prefix override file keys:
@@ -559,12 +560,20 @@ impl Loader {
                     SinkKind::Syslog(config?),
                 )
             }
+            "kafka" => {
+                let raw: raw::KafkaSink = self.deserialize(value, &key)?;
+                let config = self.kafka(&key, &raw);
+                (
+                    raw.batch_size,
+                    raw.retry_initial,
+                    raw.retry_max,
+                    SinkKind::Kafka(config?),
+                )
+            }
             other => {
                 self.problem(
                     format!("{key}.kind"),
-                    format!(
-                        "unknown sink kind {other:?} (known: \"stdout\", \"file\", \"syslog\")"
-                    ),
+                    format!("unknown sink kind {other:?} (known: \"stdout\", \"file\", \"syslog\", \"kafka\")"),
                 );
                 return None;
             }
@@ -721,6 +730,89 @@ impl Loader {
             max_message_bytes: usize::try_from(max_message_bytes).unwrap_or(usize::MAX),
             timeout,
         })
+    }
+
+    fn kafka(&mut self, key: &str, raw: &raw::KafkaSink) -> Option<KafkaConfig> {
+        let problems_before = self.problems.len();
+        let Some(brokers) = raw.brokers.clone().filter(|b| !b.trim().is_empty()) else {
+            self.problem(format!("{key}.brokers"), "required: host:port[,host:port…]");
+            return None;
+        };
+        let topic = raw
+            .topic
+            .clone()
+            .unwrap_or_else(|| "auditrelay.{source_kind}".to_string());
+        let sample = topic
+            .replace("{source_kind}", "asana")
+            .replace("{source_id}", "x");
+        if sample.is_empty()
+            || sample.len() > 249
+            || !sample
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            self.problem(
+                format!("{key}.topic"),
+                format!("{topic:?} does not make a valid topic name (letters, digits, '.', '_', '-'; placeholders {{source_kind}}, {{source_id}})"),
+            );
+        }
+        let compression = raw
+            .compression
+            .clone()
+            .unwrap_or_else(|| "zstd".to_string());
+        if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&compression.as_str()) {
+            self.problem(
+                format!("{key}.compression"),
+                format!("{compression:?} is not one of none, gzip, snappy, lz4, zstd"),
+            );
+        }
+        const OURS: [&str; 5] = [
+            "bootstrap.servers",
+            "compression.type",
+            "enable.idempotence",
+            "acks",
+            "delivery.timeout.ms",
+        ];
+        let mut properties = Vec::new();
+        for (name, value) in &raw.properties {
+            if OURS.contains(&name.as_str()) {
+                self.problem(
+                    format!("{key}.properties.{name}"),
+                    "set by auditrelay itself; use the sink's own option",
+                );
+            }
+            properties.push((name.clone(), Secret::new(value.clone())));
+        }
+        for (name, var) in &raw.properties_env {
+            match self.env.get(var) {
+                Some(value) => properties.push((name.clone(), Secret::new(value.clone()))),
+                None => self.problem(
+                    format!("{key}.properties_env.{name}"),
+                    if is_env_name(var) {
+                        format!("environment variable {var:?} is not set")
+                    } else {
+                        "must name an environment variable (letters, digits and '_')".to_string()
+                    },
+                ),
+            }
+        }
+        let config = KafkaConfig {
+            brokers,
+            topic,
+            compression,
+            message_timeout: self.positive(key, "message_timeout", raw.message_timeout, 30),
+            properties,
+        };
+        // Then librdkafka, which knows every property name and value but
+        // stops at the first problem (and would repeat ours).
+        if self.problems.len() > problems_before {
+            return None;
+        }
+        if let Err(message) = config.validate() {
+            self.problem(format!("{key}.properties"), message);
+            return None;
+        }
+        Some(config)
     }
 
     fn cross_checks(

@@ -156,8 +156,10 @@ pub enum SinkKind {
     Stdout,
     /// JSON lines in a file, fsynced, rotated by size.
     File(FileSinkConfig),
-    /// RFC 5424 / RFC 3164 messages over UDP or TCP.
+    /// RFC 5424 / RFC 3164 messages over UDP, TCP or TLS.
     Syslog(crate::sink::syslog::SyslogConfig),
+    /// An idempotent Kafka producer.
+    Kafka(crate::sink::kafka::KafkaConfig),
 }
 
 impl SinkKind {
@@ -167,6 +169,7 @@ impl SinkKind {
             Self::Stdout => "stdout",
             Self::File(_) => "file",
             Self::Syslog(_) => "syslog",
+            Self::Kafka(_) => "kafka",
         }
     }
 }

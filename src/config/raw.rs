@@ -128,6 +128,30 @@ pub(super) struct SyslogSink {
     pub(super) retry_max: Option<Duration>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct KafkaSink {
+    #[allow(dead_code, reason = "read before dispatch; listed so the key is known")]
+    pub(super) kind: String,
+    pub(super) brokers: Option<String>,
+    pub(super) topic: Option<String>,
+    pub(super) compression: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) message_timeout: Option<Duration>,
+    /// librdkafka properties, passed through.
+    #[serde(default)]
+    pub(super) properties: BTreeMap<String, String>,
+    /// librdkafka properties read from environment variables (for
+    /// passwords): property name → variable name.
+    #[serde(default)]
+    pub(super) properties_env: BTreeMap<String, String>,
+    pub(super) batch_size: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) retry_initial: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) retry_max: Option<Duration>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct SyslogTls {

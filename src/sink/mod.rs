@@ -9,6 +9,7 @@
 //! batch; every event carries its stable id for downstream dedup.
 
 mod file;
+pub mod kafka;
 mod stdout;
 pub mod syslog;
 
@@ -50,6 +51,7 @@ pub fn build(config: &SinkConfig) -> Box<dyn Sink> {
         SinkKind::Stdout => Box::new(StdoutSink::new()),
         SinkKind::File(file) => Box::new(FileSink::new(file.clone())),
         SinkKind::Syslog(config) => Box::new(syslog::SyslogSink::new(config.clone())),
+        SinkKind::Kafka(config) => Box::new(kafka::KafkaSink::new(config.clone())),
     }
 }
 

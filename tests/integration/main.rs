@@ -8,5 +8,6 @@ mod config_errors;
 mod delivery;
 mod demo;
 mod faults;
+mod kafka;
 mod secrets;
 mod syslog;

@@ -46,7 +46,7 @@ fn example_config_is_valid_and_complete() {
         asana.start_at,
         StartAt::Lookback(Duration::from_secs(7 * 86400))
     );
-    assert_eq!(config.sinks.len(), 3);
+    assert_eq!(config.sinks.len(), 4);
     let file = config.sinks.iter().find(|s| s.id == "archive").unwrap();
     match &file.kind {
         SinkKind::File(f) => assert_eq!(f.max_bytes, 100 << 20),
@@ -160,13 +160,13 @@ fn env_problems_name_the_variable() {
 #[test]
 fn unknown_kinds_and_bad_ids_are_reported() {
     let text = MINIMAL
-        .replace("kind = \"stdout\"", "kind = \"kafka\"")
+        .replace("kind = \"stdout\"", "kind = \"pigeon\"")
         .replace("[sources.main]", "[sources.Main]");
     let found = problems(&text, &[]);
     assert!(
         found
             .iter()
-            .any(|p| p.starts_with("sinks.out.kind: unknown sink kind \"kafka\"")),
+            .any(|p| p.starts_with("sinks.out.kind: unknown sink kind \"pigeon\"")),
         "{found:#?}"
     );
     assert!(
@@ -317,6 +317,50 @@ fn syslog_options_are_checked() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn kafka_options_are_checked_by_librdkafka_too() {
+    let sink =
+        |lines: &str| MINIMAL.replace("kind = \"stdout\"", &format!("kind = \"kafka\"\n{lines}"));
+    let found = problems(
+        &sink("brokers = \"127.0.0.1:9092\"\ncompression = \"brotli\"\ntopic = \"a b\"\n[sinks.out.properties]\n\"acks\" = \"0\"\n\"sasl.password\" = \"hunter2-pass\""),
+        &[],
+    );
+    for needle in [
+        "sinks.out.compression: \"brotli\" is not one of",
+        "sinks.out.topic: \"a b\" does not make a valid topic name",
+        "sinks.out.properties.acks: set by auditrelay itself",
+    ] {
+        assert!(
+            found.iter().any(|p| p.starts_with(needle)),
+            "no {needle:?} in {found:#?}"
+        );
+    }
+    assert!(
+        found.iter().all(|p| !p.contains("hunter2-pass")),
+        "{found:#?}"
+    );
+    let found = problems(
+        &sink("brokers = \"127.0.0.1:9092\"\n[sinks.out.properties]\n\"no.such.property\" = \"hunter2-pass\""),
+        &[],
+    );
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].starts_with("sinks.out.properties: ") && found[0].contains("no.such.property"),
+        "{found:#?}"
+    );
+    assert!(!found[0].contains("hunter2-pass"), "{found:#?}");
+    let dir = tempfile::tempdir().unwrap();
+    let config = load_with_env(
+        &write(&dir, &sink("brokers = \"127.0.0.1:9092\"\n[sinks.out.properties_env]\n\"sasl.password\" = \"KAFKA_PW\"")),
+        env(&[("KAFKA_PW", "hunter2-pass")]),
+    )
+    .unwrap();
+    assert!(
+        !format!("{config:?}").contains("hunter2-pass"),
+        "properties are secrets"
+    );
 }
 
 #[test]

@@ -9,8 +9,7 @@
 
 use std::fmt::Write as _;
 
-use serde::Deserialize;
-
+use crate::envelope::EnvelopeMeta;
 use crate::state::OutboxRecord;
 
 /// Which syslog header to write.
@@ -34,28 +33,6 @@ pub struct Header {
 /// The structured-data element id.
 pub const SD_ID: &str = "auditrelay@32473";
 
-/// The envelope fields the header needs.
-#[derive(Debug, Deserialize)]
-struct Meta<'a> {
-    #[serde(borrow)]
-    time: Option<std::borrow::Cow<'a, str>>,
-    #[serde(rename = "type", borrow)]
-    event_type: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow)]
-    outcome: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow)]
-    category: Option<std::borrow::Cow<'a, str>>,
-    envelope_version: Option<u32>,
-    #[serde(borrow)]
-    source: Option<MetaSource<'a>>,
-}
-
-#[derive(Debug, Deserialize)]
-struct MetaSource<'a> {
-    #[serde(borrow)]
-    kind: Option<std::borrow::Cow<'a, str>>,
-}
-
 /// Syslog severities used for audit events.
 const WARNING: u8 = 4;
 const NOTICE: u8 = 5;
@@ -63,7 +40,7 @@ const INFO: u8 = 6;
 
 /// A failed action (a failed login) is a warning; deletions and changes to
 /// roles, access and settings are notices; everything else is info.
-fn severity(meta: &Meta<'_>) -> u8 {
+fn severity(meta: &EnvelopeMeta<'_>) -> u8 {
     if meta.outcome.as_deref() == Some("failure") {
         return WARNING;
     }
@@ -103,14 +80,7 @@ impl Header {
     pub fn message(&self, record: &OutboxRecord) -> String {
         // The payload is our own envelope; should it ever fail to parse, the
         // message still goes out with neutral header values.
-        let meta: Meta<'_> = serde_json::from_str(&record.payload).unwrap_or(Meta {
-            time: None,
-            event_type: None,
-            outcome: None,
-            category: None,
-            envelope_version: None,
-            source: None,
-        });
+        let meta = EnvelopeMeta::read(&record.payload);
         let pri = u16::from(self.facility) * 8 + u16::from(severity(&meta));
         let event_type = meta.event_type.as_deref().unwrap_or("");
         let mut out = String::with_capacity(record.payload.len() + 256);
@@ -130,13 +100,7 @@ impl Header {
                 );
                 sd_value(&mut out, &record.source_id);
                 out.push_str("\" kind=\"");
-                sd_value(
-                    &mut out,
-                    meta.source
-                        .as_ref()
-                        .and_then(|s| s.kind.as_deref())
-                        .unwrap_or(""),
-                );
+                sd_value(&mut out, meta.source_kind());
                 out.push_str("\" event_id=\"");
                 sd_value(&mut out, &record.event_id);
                 out.push_str("\" event_type=\"");

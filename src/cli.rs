@@ -48,6 +48,9 @@ enum Command {
     /// Inspect or change the state file.
     #[command(subcommand)]
     State(StateCommand),
+    /// Events sinks rejected for good: list, replay or purge them.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
     /// Serve the simulated Asana audit log API.
     Simulate(SimArgs),
     /// Run the simulator and the daemon together, printing events.
@@ -77,6 +80,46 @@ enum StateCommand {
         /// events after the new start are delivered again.
         #[arg(long)]
         forget_seen: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// List dead letters (id, sink, event, reason).
+    List {
+        /// Only this sink's.
+        #[arg(long)]
+        sink: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Mark dead letters to be delivered again by their sink (works while
+    /// the daemon runs; fix the cause first).
+    Replay {
+        /// Only this sink's.
+        #[arg(long)]
+        sink: Option<String>,
+        /// Only these ids (default: all, of --sink if given).
+        ids: Vec<i64>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Delete dead letters for good.
+    Purge {
+        /// Only this sink's.
+        #[arg(long)]
+        sink: Option<String>,
+        /// Only these ids.
+        ids: Vec<i64>,
+        /// Needed to delete every dead letter (of --sink if given) without
+        /// naming ids.
+        #[arg(long)]
+        all: bool,
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -176,6 +219,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             tokio::task::spawn_blocking(move || reset(&path, &source, to, forget_seen)).await??;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Dlq(command) => dlq(command).await,
         Command::Simulate(args) => {
             crate::telemetry::init(&default_log());
             let shutdown = crate::shutdown::install()?;
@@ -201,6 +245,76 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        DlqCommand::List { sink, json, config } => {
+            let config = load(&config.config)?;
+            let letters = tokio::task::spawn_blocking(move || {
+                StateDb::open_read_only(&config.state.path)?.dead_letters(sink.as_deref())
+            })
+            .await??;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&letters)?);
+            } else if letters.is_empty() {
+                println!("no dead letters");
+            } else {
+                for l in &letters {
+                    println!(
+                        "{} sink={} source={} event={} at={}{}: {}",
+                        l.id,
+                        l.sink_id,
+                        l.source_id,
+                        l.event_id,
+                        format_time(l.dead_at),
+                        if l.replay { " (replay pending)" } else { "" },
+                        l.reason
+                    );
+                }
+            }
+        }
+        DlqCommand::Replay { sink, ids, config } => {
+            let config = load(&config.config)?;
+            let n = tokio::task::spawn_blocking(move || {
+                Ok::<_, anyhow::Error>(
+                    open_existing(&config.state.path)?.mark_replay(sink.as_deref(), &ids)?,
+                )
+            })
+            .await??;
+            println!("marked {n} dead letters for replay; their sinks deliver them next");
+        }
+        DlqCommand::Purge {
+            sink,
+            ids,
+            all,
+            config,
+        } => {
+            anyhow::ensure!(
+                all || !ids.is_empty(),
+                "name the dead letters to purge, or pass --all"
+            );
+            let config = load(&config.config)?;
+            let n = tokio::task::spawn_blocking(move || {
+                Ok::<_, anyhow::Error>(
+                    open_existing(&config.state.path)?.purge_dead_letters(sink.as_deref(), &ids)?,
+                )
+            })
+            .await??;
+            println!("purged {n} dead letters");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Opens a state file for writing, refusing to create one.
+fn open_existing(path: &Path) -> anyhow::Result<StateDb> {
+    anyhow::ensure!(
+        path.exists(),
+        "no state file at {} (has the daemon run yet?)",
+        path.display()
+    );
+    Ok(StateDb::open(path)?)
 }
 
 /// Reaches every source and sink; prints one line each. True if all work.

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
-use super::{json_lines, Sink, SinkError};
+use super::{json_lines, Delivered, Sink, SinkError};
 use crate::config::FileSinkConfig;
 use crate::state::OutboxRecord;
 
@@ -39,7 +39,7 @@ impl FileSink {
 
 #[async_trait]
 impl Sink for FileSink {
-    async fn deliver(&mut self, batch: &[OutboxRecord]) -> Result<(), SinkError> {
+    async fn deliver(&mut self, batch: &[OutboxRecord]) -> Result<Delivered, SinkError> {
         let buf = json_lines(batch);
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
@@ -53,7 +53,8 @@ impl Sink for FileSink {
         })
         .await
         .map_err(|e| SinkError::Unavailable(format!("file writer task failed: {e}")))?
-        .map_err(|e| SinkError::Unavailable(e.to_string()))
+        .map_err(|e| SinkError::Unavailable(e.to_string()))?;
+        Ok(Delivered::default())
     }
 }
 

@@ -20,7 +20,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 
-use super::{Sink, SinkError};
+use super::{Delivered, Sink, SinkError};
 use crate::envelope::EnvelopeMeta;
 use crate::secret::Secret;
 use crate::state::OutboxRecord;
@@ -115,7 +115,7 @@ struct Outgoing<'a> {
 
 #[async_trait]
 impl Sink for KafkaSink {
-    async fn deliver(&mut self, batch: &[OutboxRecord]) -> Result<(), SinkError> {
+    async fn deliver(&mut self, batch: &[OutboxRecord]) -> Result<Delivered, SinkError> {
         if self.producer.is_none() {
             let producer = self
                 .config
@@ -172,12 +172,30 @@ impl Sink for KafkaSink {
             )
         }))
         .await;
-        let mut failed = reports
-            .into_iter()
-            .zip(&outgoing)
-            .filter_map(|(report, out)| report.err().map(|(error, _)| (error, out)));
+        let mut rejected = Vec::new();
+        let mut transient = Vec::new();
+        for (index, (report, out)) in reports.into_iter().zip(&outgoing).enumerate() {
+            if let Err((error, _)) = report {
+                if is_permanent(&error) {
+                    rejected.push((
+                        index,
+                        format!(
+                            "kafka refused it on topic {}: {}",
+                            out.topic,
+                            describe(&error)
+                        ),
+                    ));
+                } else {
+                    transient.push((error, out));
+                }
+            }
+        }
+        // Any temporary failure retries the whole batch; a record refused
+        // for good is refused again then, and dead-lettered once the rest
+        // goes through.
+        let mut failed = transient.into_iter();
         match failed.next() {
-            None => Ok(()),
+            None => Ok(Delivered { rejected }),
             Some((error, out)) => {
                 let more = failed.count();
                 Err(SinkError::Unavailable(format!(
@@ -210,6 +228,19 @@ pub(crate) fn config_error(error: &KafkaError) -> String {
         }
         other => other.to_string(),
     }
+}
+
+/// Errors that no retry can fix: the message itself or the permissions.
+fn is_permanent(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidTopic
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::InvalidRecord
+        )
+    )
 }
 
 fn describe(error: &KafkaError) -> String {

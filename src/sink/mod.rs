@@ -38,11 +38,20 @@ pub enum SinkError {
     Closed(String),
 }
 
+/// What a destination did with a batch it took.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Delivered {
+    /// Records refused for good, as (index in the batch, reason): they go
+    /// to the dead-letter table. Every other record is acknowledged.
+    pub rejected: Vec<(usize, String)>,
+}
+
 /// A destination for events.
 #[async_trait]
 pub trait Sink: Send {
-    /// Delivers the batch; `Ok` is the acknowledgement of every record in it.
-    async fn deliver(&mut self, batch: &[OutboxRecord]) -> Result<(), SinkError>;
+    /// Delivers the batch. `Ok` acknowledges every record in it except the
+    /// ones it lists as rejected for good; `Err` acknowledges none.
+    async fn deliver(&mut self, batch: &[OutboxRecord]) -> Result<Delivered, SinkError>;
 }
 
 /// Builds the sink a configuration describes.
@@ -97,10 +106,37 @@ pub async fn run(
     let mut backoff = Backoff::new(config.retry);
     tracing::info!(sink = %id, kind = config.kind.name(), acked_seq = acked, "sink started");
     loop {
+        // Dead letters marked for replay go first (`auditrelay dlq replay`).
+        let (sink_id, limit) = (id.clone(), config.batch_size);
+        let replay = ctx
+            .state
+            .call(move |db| db.replay_batch(&sink_id, limit))
+            .await?;
+        if !replay.is_empty() {
+            let delivered = match deliver(&mut *sink, &replay, &mut backoff, &ctx, &id).await {
+                Ok(delivered) => delivered,
+                Err(stopped) => return Ok(stopped),
+            };
+            let rejected: Vec<(i64, String)> = delivered
+                .rejected
+                .into_iter()
+                .map(|(index, reason)| (replay[index].seq, reason))
+                .collect();
+            let ok: Vec<i64> = replay
+                .iter()
+                .map(|r| r.seq)
+                .filter(|dead_id| !rejected.iter().any(|(r, _)| r == dead_id))
+                .collect();
+            tracing::info!(sink = %id, delivered = ok.len(), rejected_again = rejected.len(), "replayed dead letters");
+            ctx.state
+                .call(move |db| db.settle_replay(&ok, &rejected))
+                .await?;
+            continue;
+        }
+
         // Marks the current notification as seen before reading, so a
         // commit that lands after the read wakes the wait below.
         ctx.stored.borrow_and_update();
-        let limit = config.batch_size;
         let batch = ctx
             .state
             .call(move |db| db.read_outbox(acked, limit))
@@ -117,42 +153,27 @@ pub async fn run(
             }
             continue;
         };
-        loop {
-            let delivered = tokio::select! {
-                delivered = sink.deliver(&batch) => delivered,
-                // Unacknowledged: the batch stays in the outbox.
-                () = ctx.hard_stop.cancelled() => return Ok(Stopped::Done),
-            };
-            match delivered {
-                Ok(()) => break,
-                Err(SinkError::Closed(reason)) => {
-                    tracing::warn!(sink = %id, reason = %reason, "sink destination closed; stopping");
-                    ctx.shutdown.cancel();
-                    return Ok(Stopped::DestinationClosed);
-                }
-                Err(SinkError::Unavailable(reason)) => {
-                    let wait = backoff.next_delay();
-                    tracing::warn!(
-                        sink = %id,
-                        error = %reason,
-                        attempt = backoff.failures(),
-                        retry_in_ms = wait.as_millis() as u64,
-                        batch = batch.len(),
-                        "delivery failed; will retry"
-                    );
-                    tokio::select! {
-                        () = tokio::time::sleep(wait) => {}
-                        () = ctx.hard_stop.cancelled() => return Ok(Stopped::Done),
-                    }
-                }
-            }
+        let delivered = match deliver(&mut *sink, &batch, &mut backoff, &ctx, &id).await {
+            Ok(delivered) => delivered,
+            Err(stopped) => return Ok(stopped),
+        };
+        let rejected: Vec<(OutboxRecord, String)> = delivered
+            .rejected
+            .into_iter()
+            .map(|(index, reason)| (batch[index].clone(), reason))
+            .collect();
+        for (record, reason) in &rejected {
+            tracing::error!(sink = %id, event_id = %record.event_id, source = %record.source_id, reason = %reason, "event rejected for good; moved to the dead-letter table");
         }
-        backoff.reset();
         let sink_id = id.clone();
         let trimmed = ctx
             .state
             .call(move |db| {
-                db.ack(&sink_id, last)?;
+                if rejected.is_empty() {
+                    db.ack(&sink_id, last)?;
+                } else {
+                    db.ack_with_dead_letters(&sink_id, last, &rejected)?;
+                }
                 db.trim_outbox()
             })
             .await?;
@@ -161,6 +182,50 @@ pub async fn run(
     }
     tracing::info!(sink = %id, acked_seq = acked, "sink stopped");
     Ok(Stopped::Done)
+}
+
+/// Delivers one batch, retrying with backoff until it is taken, the hard
+/// stop comes, or the destination closes (then: how the task stops).
+async fn deliver(
+    sink: &mut dyn Sink,
+    batch: &[OutboxRecord],
+    backoff: &mut Backoff,
+    ctx: &SinkContext,
+    id: &str,
+) -> Result<Delivered, Stopped> {
+    loop {
+        let delivered = tokio::select! {
+            delivered = sink.deliver(batch) => delivered,
+            // Unacknowledged: the batch stays where it is.
+            () = ctx.hard_stop.cancelled() => return Err(Stopped::Done),
+        };
+        match delivered {
+            Ok(delivered) => {
+                backoff.reset();
+                return Ok(delivered);
+            }
+            Err(SinkError::Closed(reason)) => {
+                tracing::warn!(sink = %id, reason = %reason, "sink destination closed; stopping");
+                ctx.shutdown.cancel();
+                return Err(Stopped::DestinationClosed);
+            }
+            Err(SinkError::Unavailable(reason)) => {
+                let wait = backoff.next_delay();
+                tracing::warn!(
+                    sink = %id,
+                    error = %reason,
+                    attempt = backoff.failures(),
+                    retry_in_ms = wait.as_millis() as u64,
+                    batch = batch.len(),
+                    "delivery failed; will retry"
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = ctx.hard_stop.cancelled() => return Err(Stopped::Done),
+                }
+            }
+        }
+    }
 }
 
 /// A batch as JSON lines, one envelope per line.

@@ -13,11 +13,18 @@ struct Migration {
 
 /// Every migration this binary knows, in order. A test checks that this list
 /// matches the files in `migrations/`.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_init.sql",
-    sql: include_str!("../../migrations/0001_init.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_init.sql",
+        sql: include_str!("../../migrations/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_dead_letter.sql",
+        sql: include_str!("../../migrations/0002_dead_letter.sql"),
+    },
+];
 
 /// The schema version this binary writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].version;
@@ -42,9 +49,9 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<i64, StateError> {
     for migration in MIGRATIONS.iter().filter(|m| m.version > found) {
         let tx = conn.transaction()?;
         tx.execute_batch(migration.sql)
-            .map_err(|source| StateError::Migration {
+            .map_err(|cause| StateError::Migration {
                 name: migration.name,
-                source,
+                cause,
             })?;
         tx.execute(
             "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)",

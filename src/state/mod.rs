@@ -35,21 +35,21 @@ pub enum StateError {
     #[error("state database schema version {found} is older than this binary's ({known}); start the daemon once to upgrade it")]
     SchemaTooOld { found: i64, known: i64 },
     /// A migration failed to apply.
-    #[error("applying migration {name} failed: {source}")]
+    #[error("applying migration {name} failed: {cause}")]
     Migration {
         name: &'static str,
-        #[source]
-        source: rusqlite::Error,
+        cause: rusqlite::Error,
     },
     /// Another process holds the state file.
     #[error("state file {path} is in use by another auditrelay process (lock {lock} is held)")]
     Locked { path: PathBuf, lock: PathBuf },
     /// Creating or opening the file failed.
-    #[error("cannot open state file {path}: {source}")]
+    // The cause is in the message, not chained as a source: a chained
+    // error would be printed twice by `{:#}`.
+    #[error("cannot open state file {path}: {cause}")]
     Open {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// SQLite itself failed.
     #[error("state database error: {0}")]
@@ -124,6 +124,21 @@ pub struct OutboxRecord {
     pub payload: String,
 }
 
+/// One dead letter, for `auditrelay dlq list`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub sink_id: String,
+    /// Its outbox seq when it was rejected.
+    pub seq: i64,
+    pub source_id: String,
+    pub event_id: String,
+    pub reason: String,
+    pub dead_at: i64,
+    /// Marked to be tried again.
+    pub replay: bool,
+}
+
 /// A sink's stored progress.
 #[derive(Debug, Clone, Serialize)]
 pub struct SinkProgress {
@@ -158,9 +173,9 @@ pub struct StateDb {
 impl StateDb {
     /// Opens (creating with mode 0600 if needed) and migrates the state file.
     pub fn open(path: &Path) -> Result<Self, StateError> {
-        let open_err = |source| StateError::Open {
+        let open_err = |cause| StateError::Open {
             path: path.to_path_buf(),
-            source,
+            cause,
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::DirBuilder::new()
@@ -207,7 +222,7 @@ impl StateDb {
         if !path.exists() {
             return Err(StateError::Open {
                 path: path.to_path_buf(),
-                source: std::io::Error::new(
+                cause: std::io::Error::new(
                     std::io::ErrorKind::NotFound,
                     "no state file (has the daemon run yet?)",
                 ),
@@ -470,6 +485,148 @@ impl StateDb {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Acknowledges a batch of which `rejected` were refused for good: they
+    /// move to the dead-letter table with their reasons, and the sink's
+    /// progress moves to `last`, in one transaction.
+    pub fn ack_with_dead_letters(
+        &mut self,
+        sink_id: &str,
+        last: i64,
+        rejected: &[(OutboxRecord, String)],
+    ) -> Result<(), StateError> {
+        let now = unix_ms_now();
+        let tx = self.conn.transaction()?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO dead_letter (sink_id, seq, source_id, event_id, payload, reason, dead_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            for (record, reason) in rejected {
+                insert.execute(params![
+                    sink_id,
+                    record.seq,
+                    record.source_id,
+                    record.event_id,
+                    record.payload,
+                    reason,
+                    now
+                ])?;
+            }
+        }
+        tx.execute(
+            "UPDATE sink_progress SET acked_seq = ?2, updated_at = ?3
+             WHERE sink_id = ?1 AND acked_seq < ?2",
+            params![sink_id, last, now],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Dead letters of `sink_id` marked for replay, oldest first. Their
+    /// `seq` field holds the dead-letter id.
+    pub fn replay_batch(
+        &self,
+        sink_id: &str,
+        limit: usize,
+    ) -> Result<Vec<OutboxRecord>, StateError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, source_id, event_id, payload FROM dead_letter
+             WHERE sink_id = ?1 AND replay = 1 ORDER BY id LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![sink_id, limit as i64], |row| {
+            Ok(OutboxRecord {
+                seq: row.get(0)?,
+                source_id: row.get(1)?,
+                event_id: row.get(2)?,
+                payload: row.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Settles a replayed batch: delivered rows leave the table; rejected
+    /// ones stay, unmarked, with their new reason.
+    pub fn settle_replay(
+        &mut self,
+        delivered: &[i64],
+        rejected: &[(i64, String)],
+    ) -> Result<(), StateError> {
+        let tx = self.conn.transaction()?;
+        for id in delivered {
+            tx.execute("DELETE FROM dead_letter WHERE id = ?1", [id])?;
+        }
+        for (id, reason) in rejected {
+            tx.execute(
+                "UPDATE dead_letter SET replay = 0, reason = ?2, dead_at = ?3 WHERE id = ?1",
+                params![id, reason, unix_ms_now()],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Dead letters, optionally of one sink, oldest first.
+    pub fn dead_letters(&self, sink_id: Option<&str>) -> Result<Vec<DeadLetter>, StateError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, sink_id, seq, source_id, event_id, reason, dead_at, replay FROM dead_letter
+             WHERE ?1 IS NULL OR sink_id = ?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map([sink_id], |row| {
+            Ok(DeadLetter {
+                id: row.get(0)?,
+                sink_id: row.get(1)?,
+                seq: row.get(2)?,
+                source_id: row.get(3)?,
+                event_id: row.get(4)?,
+                reason: row.get(5)?,
+                dead_at: row.get(6)?,
+                replay: row.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Marks dead letters for replay (all of `sink_id`, or those `ids`).
+    /// Returns how many.
+    pub fn mark_replay(&mut self, sink_id: Option<&str>, ids: &[i64]) -> Result<u64, StateError> {
+        self.update_dead_letters("UPDATE dead_letter SET replay = 1", sink_id, ids)
+    }
+
+    /// Deletes dead letters (all of `sink_id`, or those `ids`). Returns how
+    /// many.
+    pub fn purge_dead_letters(
+        &mut self,
+        sink_id: Option<&str>,
+        ids: &[i64],
+    ) -> Result<u64, StateError> {
+        self.update_dead_letters("DELETE FROM dead_letter", sink_id, ids)
+    }
+
+    fn update_dead_letters(
+        &mut self,
+        statement: &str,
+        sink_id: Option<&str>,
+        ids: &[i64],
+    ) -> Result<u64, StateError> {
+        let tx = self.conn.transaction()?;
+        let mut changed = 0;
+        if ids.is_empty() {
+            changed += tx.execute(
+                &format!("{statement} WHERE ?1 IS NULL OR sink_id = ?1"),
+                [sink_id],
+            )?;
+        } else {
+            for id in ids {
+                changed += tx.execute(
+                    &format!("{statement} WHERE id = ?1 AND (?2 IS NULL OR sink_id = ?2)"),
+                    params![id, sink_id],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(changed as u64)
+    }
+
     /// Records that `sink_id` acknowledged every row up to `seq`. Progress
     /// never moves backwards.
     pub fn ack(&mut self, sink_id: &str, seq: i64) -> Result<(), StateError> {
@@ -603,9 +760,9 @@ impl StateLock {
                 .recursive(true)
                 .mode(0o700)
                 .create(dir)
-                .map_err(|source| StateError::Open {
+                .map_err(|cause| StateError::Open {
                     path: dir.to_path_buf(),
-                    source,
+                    cause,
                 })?;
         }
         let file = OpenOptions::new()
@@ -615,9 +772,9 @@ impl StateLock {
             .truncate(false)
             .mode(0o600)
             .open(&lock_path)
-            .map_err(|source| StateError::Open {
+            .map_err(|cause| StateError::Open {
                 path: lock_path.clone(),
-                source,
+                cause,
             })?;
         match file.try_lock() {
             Ok(()) => Ok(Self { _file: file }),
@@ -625,9 +782,9 @@ impl StateLock {
                 path: state_path.to_path_buf(),
                 lock: lock_path,
             }),
-            Err(std::fs::TryLockError::Error(source)) => Err(StateError::Open {
+            Err(std::fs::TryLockError::Error(cause)) => Err(StateError::Open {
                 path: lock_path,
-                source,
+                cause,
             }),
         }
     }

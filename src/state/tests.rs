@@ -297,3 +297,78 @@ fn read_only_open_never_creates_or_migrates() {
     let db = StateDb::open_read_only(&path).unwrap();
     assert_eq!(db.summary().unwrap().schema_version, SCHEMA_VERSION);
 }
+
+#[test]
+fn dead_letters_move_atomically_and_replay_settles() {
+    let (_dir, mut db) = open_tmp();
+    db.register_sinks(&[("k".into(), "kafka")]).unwrap();
+    let events: Vec<_> = (1..=3).map(|i| event(&i.to_string(), i)).collect();
+    db.commit_page("s", "asana", &events, &[], &cursor("p", 3))
+        .unwrap();
+    let batch = db.read_outbox(0, 10).unwrap();
+    db.ack_with_dead_letters("k", 3, &[(batch[1].clone(), "too large".into())])
+        .unwrap();
+    assert_eq!(db.acked_seq("k").unwrap(), 3);
+    assert_eq!(
+        db.trim_outbox().unwrap(),
+        3,
+        "the dead letter left the outbox with the rest"
+    );
+    let letters = db.dead_letters(None).unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        (letters[0].event_id.as_str(), letters[0].reason.as_str()),
+        ("2", "too large")
+    );
+    assert!(
+        db.replay_batch("k", 10).unwrap().is_empty(),
+        "not marked yet"
+    );
+
+    assert_eq!(db.mark_replay(Some("other"), &[]).unwrap(), 0);
+    assert_eq!(db.mark_replay(Some("k"), &[]).unwrap(), 1);
+    let replay = db.replay_batch("k", 10).unwrap();
+    assert_eq!(replay[0].payload, batch[1].payload);
+    // Refused again: it stays, unmarked, with the new reason.
+    db.settle_replay(&[], &[(replay[0].seq, "still too large".into())])
+        .unwrap();
+    assert!(db.replay_batch("k", 10).unwrap().is_empty());
+    assert_eq!(
+        db.dead_letters(Some("k")).unwrap()[0].reason,
+        "still too large"
+    );
+    db.mark_replay(None, &[replay[0].seq]).unwrap();
+    db.settle_replay(&[replay[0].seq], &[]).unwrap();
+    assert!(db.dead_letters(None).unwrap().is_empty());
+}
+
+#[test]
+fn purge_takes_ids_or_a_sink() {
+    let (_dir, mut db) = open_tmp();
+    db.register_sinks(&[("a".into(), "kafka"), ("b".into(), "kafka")])
+        .unwrap();
+    let events: Vec<_> = (1..=3).map(|i| event(&i.to_string(), i)).collect();
+    db.commit_page("s", "asana", &events, &[], &cursor("p", 3))
+        .unwrap();
+    let batch = db.read_outbox(0, 10).unwrap();
+    db.ack_with_dead_letters(
+        "a",
+        3,
+        &[
+            (batch[0].clone(), "x".into()),
+            (batch[1].clone(), "y".into()),
+        ],
+    )
+    .unwrap();
+    db.ack_with_dead_letters("b", 3, &[(batch[2].clone(), "z".into())])
+        .unwrap();
+    let first = db.dead_letters(Some("a")).unwrap()[0].id;
+    assert_eq!(
+        db.purge_dead_letters(Some("b"), &[first]).unwrap(),
+        0,
+        "id of another sink"
+    );
+    assert_eq!(db.purge_dead_letters(None, &[first]).unwrap(), 1);
+    assert_eq!(db.purge_dead_letters(Some("b"), &[]).unwrap(), 1);
+    assert_eq!(db.dead_letters(None).unwrap().len(), 1);
+}

@@ -350,6 +350,49 @@ fn wait_output(child: Child, limit: Duration) -> std::process::Output {
     }
 }
 
+/// Whether the outbox is empty; false while the state file does not exist
+/// yet (the daemon is still starting).
+pub(crate) fn outbox_empty(config: &Path) -> bool {
+    let (code, out, _) = run_cli(
+        &[
+            "state",
+            "show",
+            "--json",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &HashMap::new(),
+    );
+    code == 0
+        && serde_json::from_str::<serde_json::Value>(&out).is_ok_and(|s| s["outbox_events"] == 0)
+}
+
+/// How far `sink` acknowledged the outbox (0 while the state file does not
+/// exist yet).
+pub(crate) fn acked_seq(config: &Path, sink: &str) -> i64 {
+    let (code, out, _) = run_cli(
+        &[
+            "state",
+            "show",
+            "--json",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &HashMap::new(),
+    );
+    let Ok(state) = serde_json::from_str::<serde_json::Value>(&out) else {
+        return 0;
+    };
+    if code != 0 {
+        return 0;
+    }
+    state["sinks"]
+        .as_array()
+        .and_then(|sinks| sinks.iter().find(|s| s["sink_id"] == sink))
+        .and_then(|s| s["acked_seq"].as_i64())
+        .unwrap_or(0)
+}
+
 /// `auditrelay state show --json` for a config.
 pub(crate) fn state_json(config: &Path) -> serde_json::Value {
     let (code, out, err) = run_cli(

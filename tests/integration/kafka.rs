@@ -143,10 +143,7 @@ fn every_event_reaches_kafka_once_with_key_and_headers() {
     wait_until(
         Duration::from_secs(60),
         "kafka to acknowledge everything",
-        || {
-            let state = state_json(&config);
-            state["outbox_events"] == 0
-        },
+        || outbox_empty(&config),
     );
     assert!(daemon.terminate().success());
 
@@ -212,7 +209,7 @@ fn a_broker_that_comes_up_late_gets_everything() {
     wait_until(
         Duration::from_secs(60),
         "kafka to acknowledge everything",
-        || state_json(&config)["outbox_events"] == 0,
+        || outbox_empty(&config),
     );
     assert!(daemon.terminate().success());
     let messages = consume(&broker, "auditrelay.asana", 500);
@@ -224,3 +221,73 @@ fn a_broker_that_comes_up_late_gets_everything() {
     assert_eq!(ids, sim.gids());
 }
 const TANSU_EXTRA_ARGS: &[&str] = &[];
+
+#[test]
+fn events_kafka_refuses_go_to_the_dead_letter_table_and_replay() {
+    let sim = Sim::backlog(300);
+    let work = Workdir::new();
+    let broker = Broker::start(&work);
+    broker.create_topic("auditrelay.asana");
+    // librdkafka refuses, for good, any message over message.max.bytes.
+    let small = "[sinks.kafka.properties]\n\"message.max.bytes\" = \"1200\"";
+    let config = kafka_config(&work, &sim, &broker.address, small);
+    let cfg = config.to_str().unwrap().to_string();
+    let daemon = Daemon::start(&config, work.path("daemon.log"));
+    // Every outbox row (seq 1..=300) delivered or dead-lettered.
+    wait_until(Duration::from_secs(60), "every event settled", || {
+        acked_seq(&config, "kafka") >= 300
+    });
+    assert!(daemon.terminate().success());
+    let (code, out, err) = run_cli(
+        &["dlq", "list", "--json", "--config", &cfg],
+        &Default::default(),
+    );
+    assert_eq!(code, 0, "{err}");
+    let letters: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert!(!letters.is_empty(), "some envelopes are over 1200 bytes");
+    assert!(letters.len() < 300, "and some are not");
+    for letter in &letters {
+        assert_eq!(letter["sink_id"], "kafka");
+        assert!(
+            letter["reason"]
+                .as_str()
+                .unwrap()
+                .contains("MessageSizeTooLarge"),
+            "{letter}"
+        );
+    }
+    let delivered = consume(&broker, "auditrelay.asana", 300 - letters.len());
+    assert_eq!(
+        delivered.len(),
+        300 - letters.len(),
+        "the rest flowed, each once"
+    );
+
+    // Fix the cause, then replay: everything is in Kafka, the table empty.
+    let fixed = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("\"1200\"", "\"1000000\"");
+    let config = work.write_config(&fixed);
+    let (code, out, err) = run_cli(&["dlq", "replay", "--config", &cfg], &Default::default());
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("marked {} dead letters", letters.len())),
+        "{out}"
+    );
+    let daemon = Daemon::start(&config, work.path("daemon.log"));
+    wait_until(Duration::from_secs(60), "the replay", || {
+        let (_, out, _) = run_cli(
+            &["dlq", "list", "--json", "--config", &cfg],
+            &Default::default(),
+        );
+        serde_json::from_str::<Vec<Value>>(&out).is_ok_and(|l| l.is_empty())
+    });
+    assert!(daemon.terminate().success());
+    let all = consume(&broker, "auditrelay.asana", 300);
+    let ids: std::collections::BTreeSet<String> = all
+        .iter()
+        .map(|m| m["key"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(all.len(), 300, "no event twice");
+    assert_eq!(ids, sim.gids());
+}

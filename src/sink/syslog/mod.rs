@@ -23,7 +23,7 @@ use tokio::net::{TcpStream, UdpSocket};
 pub use format::{Format, Header, SD_ID};
 pub use tls::{TlsOptions, TlsSettings};
 
-use super::{Sink, SinkError};
+use super::{Delivered, Sink, SinkError};
 use crate::state::OutboxRecord;
 
 /// How messages reach the receiver.
@@ -175,14 +175,14 @@ impl SyslogSink {
 
 #[async_trait]
 impl Sink for SyslogSink {
-    async fn deliver(&mut self, batch: &[OutboxRecord]) -> Result<(), SinkError> {
+    async fn deliver(&mut self, batch: &[OutboxRecord]) -> Result<Delivered, SinkError> {
         let timeout = self.config.timeout;
         let result = match self.config.transport {
             Transport::Udp => tokio::time::timeout(timeout, self.deliver_udp(batch)).await,
             _ => tokio::time::timeout(timeout, self.deliver_tcp(batch)).await,
         };
         let error = match result {
-            Ok(Ok(())) => return Ok(()),
+            Ok(Ok(())) => return Ok(Delivered::default()),
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("timed out after {}s", timeout.as_secs_f64()),
         };

@@ -766,21 +766,35 @@ impl Loader {
                 format!("{compression:?} is not one of none, gzip, snappy, lz4, zstd"),
             );
         }
-        const OURS: [&str; 5] = [
+        // Set by the sink itself (with their aliases), or settings that
+        // would undo idempotence and acks=all or leave delivery reports
+        // pending forever.
+        const OURS: [&str; 14] = [
             "bootstrap.servers",
+            "metadata.broker.list",
             "compression.type",
+            "compression.codec",
             "enable.idempotence",
             "acks",
+            "request.required.acks",
             "delivery.timeout.ms",
+            "message.timeout.ms",
+            "delivery.report.only.error",
+            "transactional.id",
+            "enable.gapless.guarantee",
+            "dr_cb",
+            "dr_msg_cb",
         ];
-        let mut properties = Vec::new();
-        for (name, value) in &raw.properties {
+        for name in raw.properties.keys().chain(raw.properties_env.keys()) {
             if OURS.contains(&name.as_str()) {
                 self.problem(
                     format!("{key}.properties.{name}"),
-                    "set by auditrelay itself; use the sink's own option",
+                    "not configurable: set by auditrelay itself (brokers, compression, message_timeout) or would break its delivery guarantees",
                 );
             }
+        }
+        let mut properties = Vec::new();
+        for (name, value) in &raw.properties {
             properties.push((name.clone(), Secret::new(value.clone())));
         }
         for (name, var) in &raw.properties_env {

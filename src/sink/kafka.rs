@@ -172,45 +172,79 @@ impl Sink for KafkaSink {
             )
         }))
         .await;
-        let mut rejected = Vec::new();
+        let mut refused = Vec::new();
         let mut transient = Vec::new();
         for (index, (report, out)) in reports.into_iter().zip(&outgoing).enumerate() {
             if let Err((error, _)) = report {
                 if is_permanent(&error) {
-                    rejected.push((
-                        index,
-                        format!(
-                            "kafka refused it on topic {}: {}",
-                            out.topic,
-                            describe(&error)
-                        ),
-                    ));
+                    refused.push(index);
                 } else {
                     transient.push((error, out));
                 }
             }
         }
+        let fatal = transient.iter().any(|(e, _)| is_fatal(e, producer));
         // Any temporary failure retries the whole batch; a record refused
         // for good is refused again then, and dead-lettered once the rest
         // goes through.
         let mut failed = transient.into_iter();
-        match failed.next() {
-            None => Ok(Delivered { rejected }),
-            Some((error, out)) => {
-                let more = failed.count();
-                Err(SinkError::Unavailable(format!(
-                    "kafka did not acknowledge event {} on topic {}: {}{}",
-                    out.record.event_id,
-                    out.topic,
-                    describe(&error),
-                    if more > 0 {
-                        format!(" (and {more} more in the batch)")
-                    } else {
-                        String::new()
-                    }
-                )))
+        if let Some((error, out)) = failed.next() {
+            let more = failed.count();
+            if fatal {
+                // An idempotent producer in a fatal state refuses
+                // everything until it is replaced.
+                tracing::error!(error = %describe(&error), "kafka producer hit a fatal error; creating a new one");
+                self.producer = None;
+            }
+            return Err(SinkError::Unavailable(format!(
+                "kafka did not acknowledge event {} on topic {}: {}{}",
+                out.record.event_id,
+                out.topic,
+                describe(&error),
+                if more > 0 {
+                    format!(" (and {more} more in the batch)")
+                } else {
+                    String::new()
+                }
+            )));
+        }
+        // A refusal can be about the batch the broker received, not the
+        // record (a record batch over the topic's size limit fails every
+        // record in it): each refused record is tried once on its own, and
+        // only a record refused alone is dead-lettered.
+        let mut rejected = Vec::new();
+        for index in refused {
+            let out = &outgoing[index];
+            let alone = producer
+                .send(
+                    FutureRecord::to(&out.topic)
+                        .key(out.record.event_id.as_str())
+                        .payload(out.record.payload.as_str())
+                        .headers(out.headers.clone()),
+                    queue_timeout,
+                )
+                .await;
+            match alone {
+                Ok(_) => {}
+                Err((error, _)) if is_permanent(&error) => rejected.push((
+                    index,
+                    format!(
+                        "kafka refused it on topic {}: {}",
+                        out.topic,
+                        describe(&error)
+                    ),
+                )),
+                Err((error, _)) => {
+                    return Err(SinkError::Unavailable(format!(
+                        "kafka did not acknowledge event {} on topic {}: {}",
+                        out.record.event_id,
+                        out.topic,
+                        describe(&error)
+                    )))
+                }
             }
         }
+        Ok(Delivered { rejected })
     }
 }
 
@@ -228,6 +262,14 @@ pub(crate) fn config_error(error: &KafkaError) -> String {
         }
         other => other.to_string(),
     }
+}
+
+/// Whether the producer itself is broken for good (idempotence fatal
+/// errors such as an out-of-order sequence).
+fn is_fatal(error: &KafkaError, producer: &FutureProducer) -> bool {
+    use rdkafka::producer::Producer;
+    error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal)
+        || producer.client().fatal_error().is_some()
 }
 
 /// Errors that no retry can fix: the message itself or the permissions.
@@ -345,12 +387,12 @@ mod tests {
         }
         // What the sink loop does: the same batch again, with backoff.
         let mut delivered = None;
-        for _ in 0..10 {
-            if let Ok(d) = sink.deliver(&records).await {
-                delivered = Some(d);
-                break;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while delivered.is_none() && Instant::now() < deadline {
+            match sink.deliver(&records).await {
+                Ok(d) => delivered = Some(d),
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
         assert_eq!(delivered, Some(Delivered::default()));
         let keys = consume(&cluster.bootstrap_servers(), 50);
@@ -358,7 +400,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread")]
-    async fn produce_errors_are_retried_and_idempotence_keeps_one_copy() {
+    async fn produce_errors_are_retried_by_librdkafka_and_each_event_is_written_once() {
         let cluster = cluster();
         cluster.request_errors(
             RDKafkaApiKey::Produce,
@@ -369,6 +411,9 @@ mod tests {
             ],
         );
         let mut sink = sink(cluster.bootstrap_servers(), &[]);
+        // Producer id, three failed produce requests with backoff, on a
+        // busy machine: give it time.
+        sink.config.message_timeout = Duration::from_secs(15);
         let delivered = sink.deliver(&batch(40, "x")).await.unwrap();
         assert_eq!(delivered, Delivered::default());
         let keys = consume(&cluster.bootstrap_servers(), 40);
@@ -395,6 +440,44 @@ mod tests {
             "the ack really was slow"
         );
         assert_eq!(consume(&cluster.bootstrap_servers(), 20).len(), 20);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_topic_authorization_failure_is_rejected_for_good() {
+        let cluster = cluster();
+        // Refused in the batch, and again when tried alone.
+        cluster.request_errors(
+            RDKafkaApiKey::Produce,
+            &[
+                RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+                RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+            ],
+        );
+        let mut sink = sink(cluster.bootstrap_servers(), &[]);
+        sink.config.message_timeout = Duration::from_secs(15);
+        let delivered = sink.deliver(&batch(1, "x")).await.unwrap();
+        assert_eq!(delivered.rejected.len(), 1, "{delivered:?}");
+        assert!(
+            delivered.rejected[0].1.contains("TopicAuthorizationFailed"),
+            "{delivered:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_batch_refused_as_a_whole_is_retried_record_by_record() {
+        let cluster = cluster();
+        // The broker refuses the first produce request for its size; alone,
+        // each record goes through.
+        cluster.request_errors(
+            RDKafkaApiKey::Produce,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
+        );
+        let mut sink = sink(cluster.bootstrap_servers(), &[("linger.ms", "50")]);
+        sink.config.message_timeout = Duration::from_secs(15);
+        let delivered = sink.deliver(&batch(3, "x")).await.unwrap();
+        assert_eq!(delivered, Delivered::default(), "nothing dead-lettered");
+        let keys = consume(&cluster.bootstrap_servers(), 3);
+        assert_eq!(keys.len(), 3);
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -169,14 +169,17 @@ fn check_rfc5424(sim: &Sim, lines: &[Value], input: &str) {
         );
         assert!(sd.contains(&format!("event_id=\"{id}\"")), "{sd}");
         assert!(sd.contains(&format!("event_type=\"{event_type}\"")), "{sd}");
-        let expected_severity = if envelope["outcome"] == "failure" {
-            4
-        } else {
-            line["severity"].as_i64().unwrap().max(5)
+        // Failures are warnings; deletions and role, access, settings and app
+        // changes are notices; the rest is info.
+        let expected_severity = match (envelope["outcome"].as_str(), envelope["category"].as_str())
+        {
+            (Some("failure"), _) => 4,
+            (_, Some("deletion" | "roles" | "access_control" | "admin_settings" | "apps")) => 5,
+            _ => 6,
         };
         assert_eq!(
             line["severity"], expected_severity,
-            "failures are warnings: {line}"
+            "severity follows the event: {line}"
         );
         assert!(ids.insert(id.to_string()), "{id} arrived twice");
     }
@@ -429,6 +432,12 @@ fn tls_verifies_the_server_and_mutual_tls_needs_the_client_certificate() {
             >= 2
     });
     assert!(daemon.terminate().success());
+    // Refused sessions acknowledged nothing: every event is still waiting.
+    assert_eq!(
+        acked_seq(&config, "siem"),
+        0,
+        "a refused TLS session must not acknowledge"
+    );
     assert!(
         rsyslog.lines().is_empty(),
         "nothing may arrive without verification"

@@ -66,8 +66,10 @@ fn header_field(value: &str, max: usize) -> String {
 }
 
 /// Escapes an SD-PARAM value (RFC 5424 §6.3.3: `"`, `\` and `]`).
+/// Control characters are dropped: a line feed would split the message
+/// under LF framing.
 fn sd_value(out: &mut String, value: &str) {
-    for c in value.chars() {
+    for c in value.chars().filter(|c| !c.is_control()) {
         if matches!(c, '"' | '\\' | ']') {
             out.push('\\');
         }
@@ -193,6 +195,12 @@ mod tests {
             message.contains(" ab\"] [auditrelay@32473 source=\"we\\\"ird\\]\""),
             "{message}"
         );
+        // A line feed in a value would split the message under LF framing.
+        let mut split = record(plain);
+        split.event_id = "12\n34\r".into();
+        assert!(header(Format::Rfc5424)
+            .message(&split)
+            .contains("event_id=\"1234\""));
         // Not an envelope at all: still a valid message with nil fields.
         assert!(header(Format::Rfc5424)
             .message(&record("oops"))

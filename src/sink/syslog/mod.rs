@@ -6,10 +6,10 @@
 //! what it had buffered. Over UDP a batch is acknowledged once sent: UDP is
 //! best effort, and datagrams can be lost without anyone knowing.
 //!
-//! Size limits: a TCP message longer than `max_message_bytes` is sent
-//! whole (the receiver must accept it; rsyslog's default is 8 KiB, raise
-//! `$MaxMessageSize`). A UDP datagram cannot be split: a message longer than
-//! `max_message_bytes` is truncated to it, counted and logged.
+//! Size limits: over TCP/TLS a message longer than `max_message_bytes` is
+//! not sent but dead-lettered with the reason (set the limit to what the
+//! receiver accepts; rsyslog's default is 8 KiB). A UDP datagram cannot be
+//! split: a longer message is truncated at a character boundary and logged.
 
 mod format;
 mod tls;
@@ -69,7 +69,7 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + std::fmt::
 /// With TLS 1.3 the client's handshake completes before the server has
 /// checked the client certificate; a refusal arrives as an alert just
 /// after, and a batch written in between would be lost.
-const TLS_SETTLE: Duration = Duration::from_millis(250);
+const TLS_SETTLE: Duration = Duration::from_secs(1);
 
 /// Whether the receiver has closed the connection or sent an alert. A
 /// syslog receiver never sends data, so anything readable is one of these.
@@ -92,26 +92,46 @@ impl SyslogSink {
         }
     }
 
-    async fn deliver_tcp(&mut self, batch: &[OutboxRecord]) -> Result<(), std::io::Error> {
+    /// Writes the batch over TCP or TLS. Returns the records refused for
+    /// good: messages over `max_message_bytes`, which a receiver would cut
+    /// (rsyslog silently, at its own limit) after we had acknowledged them.
+    async fn deliver_tcp(
+        &mut self,
+        batch: &[OutboxRecord],
+    ) -> Result<Vec<(usize, String)>, std::io::Error> {
+        let max = self.config.max_message_bytes;
+        let mut rejected = Vec::new();
         let mut buf = Vec::new();
-        for record in batch {
+        for (index, record) in batch.iter().enumerate() {
             let message = self.config.header.message(record);
+            if message.len() > max {
+                rejected.push((
+                    index,
+                    format!(
+                        "syslog message of {} bytes exceeds max_message_bytes ({max})",
+                        message.len()
+                    ),
+                ));
+                continue;
+            }
             match self.config.transport {
                 Transport::TcpOctetCounting | Transport::Tls(_) => {
                     buf.extend_from_slice(format!("{} ", message.len()).as_bytes());
                     buf.extend_from_slice(message.as_bytes());
                 }
                 _ => {
-                    // The envelope is compact JSON: it holds no raw line feed.
+                    // The envelope is compact JSON and the header holds no
+                    // control characters: no raw line feed inside.
                     buf.extend_from_slice(message.as_bytes());
                     buf.push(b'\n');
                 }
             }
         }
+        let fresh_tls = self.stream.is_none() && matches!(self.config.transport, Transport::Tls(_));
         if self.stream.is_none() {
             let tcp = TcpStream::connect(&self.config.address).await?;
             tcp.set_nodelay(true)?;
-            let mut stream: Box<dyn Stream> = match &self.config.transport {
+            let stream: Box<dyn Stream> = match &self.config.transport {
                 Transport::Tls(tls) => {
                     let connector =
                         tokio_rustls::TlsConnector::from(std::sync::Arc::clone(&tls.client));
@@ -119,14 +139,6 @@ impl SyslogSink {
                 }
                 _ => Box::new(tcp),
             };
-            if matches!(self.config.transport, Transport::Tls(_)) {
-                if let Some(reason) = closed_by_peer(&mut stream, TLS_SETTLE).await {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::ConnectionRefused,
-                        format!("the receiver refused the TLS session: {reason}"),
-                    ));
-                }
-            }
             tracing::info!(address = %self.config.address, "connected to syslog receiver");
             self.stream = Some(stream);
         }
@@ -140,7 +152,20 @@ impl SyslogSink {
             ));
         }
         stream.write_all(&buf).await?;
-        stream.flush().await
+        stream.flush().await?;
+        // With TLS 1.3 a receiver refuses a client certificate only after
+        // the handshake, and drops what was written in the meantime. The
+        // first batch of a session is acknowledged only if no refusal came:
+        // a refusal means a retry (perhaps a repeat), never a loss.
+        if fresh_tls {
+            if let Some(reason) = closed_by_peer(stream, TLS_SETTLE).await {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionRefused,
+                    format!("the receiver refused the TLS session: {reason}"),
+                ));
+            }
+        }
+        Ok(rejected)
     }
 
     async fn deliver_udp(&mut self, batch: &[OutboxRecord]) -> Result<(), std::io::Error> {
@@ -159,7 +184,12 @@ impl SyslogSink {
         for record in batch {
             let message = self.config.header.message(record);
             let bytes = message.as_bytes();
-            if bytes.len() > max {
+            // Cut at a character boundary, so the datagram stays UTF-8.
+            let mut end = bytes.len().min(max);
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            if end < bytes.len() {
                 tracing::warn!(
                     event_id = %record.event_id,
                     bytes = bytes.len(),
@@ -167,7 +197,7 @@ impl SyslogSink {
                     "syslog message truncated to fit a udp datagram"
                 );
             }
-            socket.send(&bytes[..bytes.len().min(max)]).await?;
+            socket.send(&bytes[..end]).await?;
         }
         Ok(())
     }
@@ -178,11 +208,13 @@ impl Sink for SyslogSink {
     async fn deliver(&mut self, batch: &[OutboxRecord]) -> Result<Delivered, SinkError> {
         let timeout = self.config.timeout;
         let result = match self.config.transport {
-            Transport::Udp => tokio::time::timeout(timeout, self.deliver_udp(batch)).await,
+            Transport::Udp => tokio::time::timeout(timeout, self.deliver_udp(batch))
+                .await
+                .map(|sent| sent.map(|()| Vec::new())),
             _ => tokio::time::timeout(timeout, self.deliver_tcp(batch)).await,
         };
         let error = match result {
-            Ok(Ok(())) => return Ok(Delivered::default()),
+            Ok(Ok(rejected)) => return Ok(Delivered { rejected }),
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("timed out after {}s", timeout.as_secs_f64()),
         };

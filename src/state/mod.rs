@@ -139,6 +139,18 @@ pub struct DeadLetter {
     pub replay: bool,
 }
 
+impl OutboxRecord {
+    /// Maps a `SELECT <seq or id>, source_id, event_id, payload` row.
+    fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            seq: row.get(0)?,
+            source_id: row.get(1)?,
+            event_id: row.get(2)?,
+            payload: row.get(3)?,
+        })
+    }
+}
+
 /// A sink's stored progress.
 #[derive(Debug, Clone, Serialize)]
 pub struct SinkProgress {
@@ -474,14 +486,7 @@ impl StateDb {
         let mut stmt = self.conn.prepare_cached(
             "SELECT seq, source_id, event_id, payload FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2",
         )?;
-        let rows = stmt.query_map(params![after, limit as i64], |row| {
-            Ok(OutboxRecord {
-                seq: row.get(0)?,
-                source_id: row.get(1)?,
-                event_id: row.get(2)?,
-                payload: row.get(3)?,
-            })
-        })?;
+        let rows = stmt.query_map(params![after, limit as i64], OutboxRecord::from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -533,14 +538,7 @@ impl StateDb {
             "SELECT id, source_id, event_id, payload FROM dead_letter
              WHERE sink_id = ?1 AND replay = 1 ORDER BY id LIMIT ?2",
         )?;
-        let rows = stmt.query_map(params![sink_id, limit as i64], |row| {
-            Ok(OutboxRecord {
-                seq: row.get(0)?,
-                source_id: row.get(1)?,
-                event_id: row.get(2)?,
-                payload: row.get(3)?,
-            })
-        })?;
+        let rows = stmt.query_map(params![sink_id, limit as i64], OutboxRecord::from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

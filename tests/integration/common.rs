@@ -350,9 +350,9 @@ fn wait_output(child: Child, limit: Duration) -> std::process::Output {
     }
 }
 
-/// Whether the outbox is empty; false while the state file does not exist
-/// yet (the daemon is still starting).
-pub(crate) fn outbox_empty(config: &Path) -> bool {
+/// `state show --json`, or `None` while the state file does not exist yet
+/// (the daemon is still starting).
+fn try_state_json(config: &Path) -> Option<serde_json::Value> {
     let (code, out, _) = run_cli(
         &[
             "state",
@@ -363,33 +363,26 @@ pub(crate) fn outbox_empty(config: &Path) -> bool {
         ],
         &HashMap::new(),
     );
-    code == 0
-        && serde_json::from_str::<serde_json::Value>(&out).is_ok_and(|s| s["outbox_events"] == 0)
+    (code == 0)
+        .then(|| serde_json::from_str(&out).ok())
+        .flatten()
 }
 
-/// How far `sink` acknowledged the outbox (0 while the state file does not
-/// exist yet).
+/// Whether the outbox is empty (false until the state file exists).
+pub(crate) fn outbox_empty(config: &Path) -> bool {
+    try_state_json(config).is_some_and(|s| s["outbox_events"] == 0)
+}
+
+/// How far `sink` acknowledged the outbox (0 until the state file exists).
 pub(crate) fn acked_seq(config: &Path, sink: &str) -> i64 {
-    let (code, out, _) = run_cli(
-        &[
-            "state",
-            "show",
-            "--json",
-            "--config",
-            config.to_str().unwrap(),
-        ],
-        &HashMap::new(),
-    );
-    let Ok(state) = serde_json::from_str::<serde_json::Value>(&out) else {
-        return 0;
-    };
-    if code != 0 {
-        return 0;
-    }
-    state["sinks"]
-        .as_array()
-        .and_then(|sinks| sinks.iter().find(|s| s["sink_id"] == sink))
-        .and_then(|s| s["acked_seq"].as_i64())
+    try_state_json(config)
+        .and_then(|state| {
+            state["sinks"]
+                .as_array()?
+                .iter()
+                .find(|s| s["sink_id"] == sink)?["acked_seq"]
+                .as_i64()
+        })
         .unwrap_or(0)
 }
 

@@ -36,7 +36,10 @@ fn free_port() -> u16 {
 
 impl Broker {
     fn start(work: &Workdir) -> Self {
-        let port = free_port();
+        Self::start_on(work, free_port())
+    }
+
+    fn start_on(work: &Workdir, port: u16) -> Self {
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(tansu())
             .args([
@@ -47,7 +50,6 @@ impl Broker {
                 &url,
             ])
             .args(["--storage-engine", "memory://tansu/"])
-            .args(TANSU_EXTRA_ARGS)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(work.path("tansu.out")).unwrap())
             .stderr(std::fs::File::create(work.path("tansu.err")).unwrap())
@@ -61,9 +63,7 @@ impl Broker {
             address: format!("127.0.0.1:{port}"),
         }
     }
-}
 
-impl Broker {
     /// Tansu, like many production clusters, does not create topics on use.
     fn create_topic(&self, topic: &str) {
         let status = Command::new(tansu())
@@ -190,29 +190,7 @@ fn a_broker_that_comes_up_late_gets_everything_and_sources_pause_meanwhile() {
     wait_until(Duration::from_secs(30), "failed deliveries", || {
         daemon.logs().contains("delivery failed")
     });
-    let url = format!("tcp://127.0.0.1:{port}");
-    let child = Command::new(tansu())
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-        ])
-        .args(["--storage-engine", "memory://tansu/"])
-        .args(TANSU_EXTRA_ARGS)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let broker = Broker {
-        child,
-        address: format!("127.0.0.1:{port}"),
-    };
-    wait_until(Duration::from_secs(30), "tansu to listen", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
+    let broker = Broker::start_on(&work, port);
     broker.create_topic("auditrelay.asana");
     wait_until(
         Duration::from_secs(60),
@@ -228,7 +206,6 @@ fn a_broker_that_comes_up_late_gets_everything_and_sources_pause_meanwhile() {
     // Retried batches may repeat an event; none may be missing.
     assert_eq!(ids, sim.gids());
 }
-const TANSU_EXTRA_ARGS: &[&str] = &[];
 
 #[test]
 fn events_kafka_refuses_go_to_the_dead_letter_table_and_replay() {

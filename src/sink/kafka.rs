@@ -113,6 +113,16 @@ struct Outgoing<'a> {
     headers: OwnedHeaders,
 }
 
+impl Outgoing<'_> {
+    /// The Kafka record: key = event id, value = envelope, with headers.
+    fn future_record(&self) -> FutureRecord<'_, str, str> {
+        FutureRecord::to(&self.topic)
+            .key(self.record.event_id.as_str())
+            .payload(self.record.payload.as_str())
+            .headers(self.headers.clone())
+    }
+}
+
 #[async_trait]
 impl Sink for KafkaSink {
     async fn deliver(&mut self, batch: &[OutboxRecord]) -> Result<Delivered, SinkError> {
@@ -162,15 +172,11 @@ impl Sink for KafkaSink {
         // All sends are polled together: librdkafka queues the whole batch
         // (waiting while its queue is full), then the reports come back.
         let queue_timeout = Timeout::After(self.config.message_timeout);
-        let reports = futures::future::join_all(outgoing.iter().map(|out| {
-            producer.send(
-                FutureRecord::to(&out.topic)
-                    .key(out.record.event_id.as_str())
-                    .payload(out.record.payload.as_str())
-                    .headers(out.headers.clone()),
-                queue_timeout,
-            )
-        }))
+        let reports = futures::future::join_all(
+            outgoing
+                .iter()
+                .map(|out| producer.send(out.future_record(), queue_timeout)),
+        )
         .await;
         let mut refused = Vec::new();
         let mut transient = Vec::new();
@@ -215,15 +221,7 @@ impl Sink for KafkaSink {
         let mut rejected = Vec::new();
         for index in refused {
             let out = &outgoing[index];
-            let alone = producer
-                .send(
-                    FutureRecord::to(&out.topic)
-                        .key(out.record.event_id.as_str())
-                        .payload(out.record.payload.as_str())
-                        .headers(out.headers.clone()),
-                    queue_timeout,
-                )
-                .await;
+            let alone = producer.send(out.future_record(), queue_timeout).await;
             match alone {
                 Ok(_) => {}
                 Err((error, _)) if is_permanent(&error) => rejected.push((

@@ -1,8 +1,10 @@
 //! Sinks: where events go, each with its own progress through the outbox.
 //!
 //! A sink task reads the outbox after its acknowledged seq, hands a batch to
-//! its [`Sink`], and records progress only once the sink acknowledged the
-//! whole batch (file: written and fsynced; stdout: written and flushed).
+//! its [`Sink`], and records progress only once the sink took the batch
+//! (file: written and fsynced; stdout and syslog TCP/TLS: written and
+//! flushed; Kafka: every delivery report). Records a sink refused for good
+//! move to the dead-letter table in the same transaction.
 //! Failures are retried with backoff, forever: a sink that is down holds
 //! its own progress back, never another sink's, and never loses an event.
 //! A crash between acknowledgement and the progress commit re-sends that one

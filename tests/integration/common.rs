@@ -350,10 +350,9 @@ fn wait_output(child: Child, limit: Duration) -> std::process::Output {
     }
 }
 
-/// `state show --json`, or `None` while the state file does not exist yet
-/// (the daemon is still starting).
-fn try_state_json(config: &Path) -> Option<serde_json::Value> {
-    let (code, out, _) = run_cli(
+/// Runs `auditrelay state show --json`: (exit code, stdout, stderr).
+fn state_show(config: &Path) -> (i32, String, String) {
+    run_cli(
         &[
             "state",
             "show",
@@ -362,7 +361,13 @@ fn try_state_json(config: &Path) -> Option<serde_json::Value> {
             config.to_str().unwrap(),
         ],
         &HashMap::new(),
-    );
+    )
+}
+
+/// `state show --json`, or `None` while the state file does not exist yet
+/// (the daemon is still starting).
+fn try_state_json(config: &Path) -> Option<serde_json::Value> {
+    let (code, out, _) = state_show(config);
     (code == 0)
         .then(|| serde_json::from_str(&out).ok())
         .flatten()
@@ -388,16 +393,7 @@ pub(crate) fn acked_seq(config: &Path, sink: &str) -> i64 {
 
 /// `auditrelay state show --json` for a config.
 pub(crate) fn state_json(config: &Path) -> serde_json::Value {
-    let (code, out, err) = run_cli(
-        &[
-            "state",
-            "show",
-            "--json",
-            "--config",
-            config.to_str().unwrap(),
-        ],
-        &HashMap::new(),
-    );
+    let (code, out, err) = state_show(config);
     assert_eq!(code, 0, "state show failed: {err}");
     serde_json::from_str(&out).unwrap()
 }

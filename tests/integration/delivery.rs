@@ -237,14 +237,7 @@ fn a_sink_that_is_down_holds_back_only_itself_and_catches_up() {
         state["outbox_events"], 2_000,
         "kept for the sink that is down: {state:#}"
     );
-    let second_progress = state["sinks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["sink_id"] == "second")
-        .unwrap()["acked_seq"]
-        .clone();
-    assert_eq!(second_progress, 0, "{state:#}");
+    assert_eq!(acked_seq(&config, "second"), 0, "{state:#}");
     assert!(daemon.logs().contains("delivery failed"));
 
     std::fs::remove_file(&blocked).unwrap();

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use crate::asana::client::{AsanaClient, Position};
 use crate::config::{self, Config, ConfigErrors, LogConfig, LogFormat, SinkKind, SourceConfig};
 use crate::envelope::format_time;
+use crate::metrics::SourceMetrics;
 use crate::simulator::{SimArgs, Simulator};
 use crate::state::{SourceCursor, StateDb, StateLock};
 
@@ -44,6 +45,25 @@ enum Command {
         /// Only validate the configuration (no network, no files written).
         #[arg(long)]
         offline: bool,
+    },
+    /// Per source and sink: progress, lag, last success and error (read
+    /// from the state file; works while the daemon runs).
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask a running daemon's /healthz (or another URL) and exit 0 if it
+    /// answers 2xx: a HEALTHCHECK for images without curl.
+    Health {
+        /// The URL to ask.
+        #[arg(long, default_value = "http://127.0.0.1:9464/healthz")]
+        url: String,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
     },
     /// Inspect or change the state file.
     #[command(subcommand)]
@@ -173,8 +193,54 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let config = load(&args.config)?;
             crate::telemetry::init(&config.log);
             let shutdown = crate::shutdown::install()?;
-            crate::app::run(config, shutdown).await?;
+            let path = args.config.clone();
+            let reload = crate::app::Reload {
+                requests: crate::shutdown::reload_requests()?,
+                load: std::sync::Arc::new(move || config::load(&path)),
+            };
+            crate::app::run(config, Some(reload), shutdown).await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { config, json } => {
+            let config = load(&config.config)?;
+            let path = config.state.path.clone();
+            let (observation, running) = tokio::task::spawn_blocking(move || {
+                let observation = StateDb::open_read_only(&path)?.observe()?;
+                // The lock is held by a running daemon; taking it here
+                // (and dropping it at once) means none runs.
+                let running = StateLock::acquire(&path).is_err();
+                Ok::<_, crate::state::StateError>((observation, running))
+            })
+            .await??;
+            let status =
+                crate::status::build(&config, &observation, running, crate::state::unix_ms_now());
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", crate::status::render(&status));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Health { url, timeout } => {
+            let client = reqwest::Client::builder().timeout(timeout).build()?;
+            match client.get(&url).send().await {
+                Ok(response) if response.status().is_success() => {
+                    println!("{}", response.text().await.unwrap_or_default());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Ok(response) => {
+                    let code = response.status();
+                    eprintln!(
+                        "unhealthy: {url} answered {code}: {}",
+                        response.text().await.unwrap_or_default()
+                    );
+                    Ok(ExitCode::FAILURE)
+                }
+                Err(error) => {
+                    eprintln!("unhealthy: {url}: {error}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
         }
         Command::Check { config, offline } => {
             let config = load(&config.config)?;
@@ -322,7 +388,7 @@ async fn check(config: &Config) -> bool {
     let mut ok = true;
     for source in &config.sources {
         let SourceConfig::Asana(asana) = source;
-        let result = match AsanaClient::new(asana) {
+        let result = match AsanaClient::new(asana, SourceMetrics::detached(&asana.id, "asana")) {
             Ok(client) => {
                 let since = chrono::Utc::now() - chrono::Duration::minutes(1);
                 client

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{
-    AsanaConfig, AsanaFilters, Config, LogConfig, LogFormat, SinkConfig, SinkKind, SourceConfig,
-    StartAt, StateConfig,
+    AsanaConfig, AsanaFilters, Config, HttpConfig, LogConfig, LogFormat, SinkConfig, SinkKind,
+    SourceConfig, StartAt, StateConfig,
 };
 use crate::retry::BackoffPolicy;
 use crate::secret::Secret;
@@ -84,6 +84,10 @@ pub fn config(args: &DemoArgs, base_url: String) -> Config {
             level: args.log_level.clone(),
             format: LogFormat::Text,
         },
+        // The demo serves no metrics: two demos side by side would fight
+        // over the port.
+        http: HttpConfig { listen: None },
+        fingerprints: Default::default(),
         shutdown_grace: Duration::from_secs(5),
         sources: vec![SourceConfig::Asana(AsanaConfig {
             id: "asana_demo".into(),
@@ -136,7 +140,7 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
     tracing::info!(url = %base_url, dir = %args.dir.display(), "demo: simulated asana audit log is up");
     let sim_stop = CancellationToken::new();
     let server = tokio::spawn(simulator.serve(listener, sim_stop.clone().cancelled_owned()));
-    let result = crate::app::run(config(&args, base_url), shutdown).await;
+    let result = crate::app::run(config(&args, base_url), None, shutdown).await;
     sim_stop.cancel();
     server.await??;
     result

@@ -1,9 +1,10 @@
-//! Stop signals: the first SIGTERM or SIGINT asks for a graceful stop; a
+//! Signals: the first SIGTERM or SIGINT asks for a graceful stop; a
 //! second one exits at once (what is committed in the state file is safe;
-//! an unacknowledged batch is simply sent again next time).
+//! an unacknowledged batch is simply sent again next time). SIGHUP asks
+//! for a configuration reload.
 
 use futures::StreamExt;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_tokio::Signals;
 use tokio_util::sync::CancellationToken;
 
@@ -32,4 +33,21 @@ pub fn install() -> std::io::Result<CancellationToken> {
         }
     });
     Ok(token)
+}
+
+/// Installs the SIGHUP handler; each signal becomes one reload request
+/// (signals that arrive while a reload is pending are folded into it).
+/// Must be called inside the tokio runtime.
+pub fn reload_requests() -> std::io::Result<tokio::sync::mpsc::Receiver<()>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut signals = Signals::new([SIGHUP])?;
+    tokio::spawn(async move {
+        while signals.next().await.is_some() {
+            tracing::info!(signal = "SIGHUP", "reload requested");
+            if let Err(tokio::sync::mpsc::error::TrySendError::Closed(())) = tx.try_send(()) {
+                break;
+            }
+        }
+    });
+    Ok(rx)
 }

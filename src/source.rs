@@ -1,13 +1,14 @@
-//! What every source shares: the error classes its loop branches on, the
-//! handles it runs with, and its counters.
+//! What every source shares: the error classes its loop branches on and
+//! the handles it runs with.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::health::Component;
+use crate::metrics::SourceMetrics;
 use crate::state::SharedState;
 
 /// Why a request to a source's API failed, by what the loop does next.
@@ -46,35 +47,29 @@ pub struct SourceContext {
     pub max_outbox_events: u64,
     /// How long event ids stay in the dedup window.
     pub dedup_window: Duration,
+    /// Its metrics.
+    pub metrics: SourceMetrics,
+    /// Its liveness and readiness.
+    pub health: Arc<Component>,
+}
+
+impl SourceError {
+    /// The class in metrics (`auditrelay_source_errors_total{class}`).
+    pub fn class(&self) -> &'static str {
+        match self {
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Transient(_) => "transient",
+            Self::CursorExpired { .. } => "cursor_expired",
+            Self::Unauthorized { .. } => "unauthorized",
+            Self::Rejected { .. } => "rejected",
+        }
+    }
 }
 
 impl SourceContext {
     /// Tells the sinks that new events are in the outbox.
     pub fn notify_stored(&self) {
         self.stored.send_modify(|n| *n = n.wrapping_add(1));
-    }
-}
-
-/// Counters of one source, for logs now and metrics later.
-#[derive(Debug, Default)]
-pub struct SourceStats {
-    pub requests: AtomicU64,
-    pub pages: AtomicU64,
-    pub events_stored: AtomicU64,
-    pub duplicates: AtomicU64,
-    pub quarantined: AtomicU64,
-    pub rate_limited: AtomicU64,
-    pub transient_errors: AtomicU64,
-    pub auth_failures: AtomicU64,
-    pub rejected: AtomicU64,
-    pub cursor_restarts: AtomicU64,
-    pub retention_gaps: AtomicU64,
-}
-
-impl SourceStats {
-    /// Adds one to `counter` and returns the new value.
-    pub fn bump(counter: &AtomicU64) -> u64 {
-        counter.fetch_add(1, Ordering::Relaxed) + 1
     }
 }
 

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::config::{AsanaConfig, AsanaFilters};
+use crate::metrics::SourceMetrics;
 use crate::retry::parse_retry_after;
 use crate::secret::Secret;
 use crate::source::SourceError;
@@ -45,11 +46,12 @@ pub struct AsanaClient {
     token: Secret,
     filters: AsanaFilters,
     page_size: u8,
+    metrics: SourceMetrics,
 }
 
 impl AsanaClient {
     /// Builds a client from a source's configuration.
-    pub fn new(config: &AsanaConfig) -> Result<Self, reqwest::Error> {
+    pub fn new(config: &AsanaConfig, metrics: SourceMetrics) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .user_agent(concat!("auditrelay/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10).min(config.request_timeout))
@@ -65,6 +67,7 @@ impl AsanaClient {
             token: config.token.clone(),
             filters: config.filters.clone(),
             page_size: config.page_size,
+            metrics,
         })
     }
 
@@ -106,9 +109,13 @@ impl AsanaClient {
             .header(ACCEPT, "application/json")
             .send()
             .await
-            .map_err(|e| SourceError::Transient(describe(&e)))?;
+            .map_err(|e| {
+                self.metrics.request(None);
+                SourceError::Transient(describe(&e))
+            })?;
 
         let status = response.status();
+        self.metrics.request(Some(status.as_u16()));
         if status.is_success() {
             let json = response
                 .headers()

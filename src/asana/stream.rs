@@ -11,7 +11,6 @@
 //! 400, or the filters changed) the stream restarts at `start_at` = newest
 //! stored event − `restart_margin`, and the dedup window drops the repeats.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -22,7 +21,7 @@ use super::event::{self, Origin};
 use crate::config::{AsanaConfig, StartAt};
 use crate::envelope::format_time;
 use crate::retry::Backoff;
-use crate::source::{sleep_or_cancel, SourceContext, SourceError, SourceStats};
+use crate::source::{sleep_or_cancel, SourceContext, SourceError};
 use crate::state::{NewEvent, Quarantined, SourceCursor, StateError};
 
 /// Asana deletes audit events after 90 days.
@@ -33,6 +32,13 @@ const RETENTION_SLACK: Duration = Duration::from_secs(3600);
 
 /// How often the dedup window is pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Added to every heartbeat deadline: scheduling delays are not hangs.
+const BEAT_SLACK: Duration = Duration::from_secs(30);
+
+/// The longest a page commit may take before the task counts as hung
+/// (it queues behind other tasks' calls on the one connection).
+const COMMIT_BOUND: Duration = Duration::from_secs(120);
 
 /// A hash of what an offset is bound to: the workspace and the filters.
 pub fn filters_hash(config: &AsanaConfig) -> String {
@@ -54,24 +60,23 @@ pub struct AsanaSource {
     config: AsanaConfig,
     client: AsanaClient,
     ctx: SourceContext,
-    stats: Arc<SourceStats>,
 }
 
 impl AsanaSource {
     /// Builds the source; nothing is requested yet.
     pub fn new(config: AsanaConfig, ctx: SourceContext) -> anyhow::Result<Self> {
-        let client = AsanaClient::new(&config)?;
+        let client = AsanaClient::new(&config, ctx.metrics.clone())?;
+        ctx.metrics.retention.set(RETENTION.as_secs_f64());
         Ok(Self {
             config,
             client,
             ctx,
-            stats: Arc::new(SourceStats::default()),
         })
     }
 
-    /// Its counters.
-    pub fn stats(&self) -> Arc<SourceStats> {
-        Arc::clone(&self.stats)
+    /// Its id in the configuration.
+    pub fn id(&self) -> &str {
+        &self.config.id
     }
 
     /// Follows the stream until shutdown. Errors from the API never end the
@@ -97,7 +102,8 @@ impl AsanaSource {
                 break;
             }
             let position = self.position(&cursor);
-            SourceStats::bump(&self.stats.requests);
+            let health = &self.ctx.health;
+            health.beat("fetching a page", self.config.request_timeout + BEAT_SLACK);
             let fetched = tokio::select! {
                 fetched = self.client.fetch(&position) => fetched,
                 // Nothing is in hand yet: dropping the request loses nothing.
@@ -114,13 +120,26 @@ impl AsanaSource {
                     // fetched again at once, forever.
                     let full =
                         page.records.len() >= self.client.page_size() && page.next_offset.is_some();
+                    health.beat("committing a page", COMMIT_BOUND);
                     match self.store_page(&mut cursor, page, &position).await {
-                        Ok(()) => {}
+                        Ok(()) => {
+                            health.succeeded();
+                            if !full {
+                                health.caught_up();
+                            }
+                            self.ctx
+                                .metrics
+                                .last_success
+                                .set(crate::metrics::unix_seconds(Utc::now().timestamp_millis()));
+                        }
                         Err(e) => {
+                            self.ctx.metrics.error("state");
+                            health.failed(&format!("storing a page: {e}"));
                             // The page is not stored and the cursor did not
                             // move: the same request is made again.
                             tracing::error!(source = %id, error = %e, "storing a page failed");
                             let delay = pacing.backoff.next_delay();
+                            health.beat("backing off", delay + BEAT_SLACK);
                             if !sleep_or_cancel(delay, &shutdown).await {
                                 break;
                             }
@@ -136,6 +155,7 @@ impl AsanaSource {
                 Err(error) => self.on_error(error, &mut cursor, &mut pacing).await?,
             };
             if let Some(delay) = delay {
+                health.beat("waiting for the next poll", delay + BEAT_SLACK);
                 if !sleep_or_cancel(delay, &shutdown).await {
                     break;
                 }
@@ -202,7 +222,7 @@ impl AsanaSource {
     fn clamp_to_retention(&self, start: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
         let floor = retention_floor(now);
         if start < floor {
-            SourceStats::bump(&self.stats.retention_gaps);
+            self.ctx.metrics.retention_gaps.inc();
             tracing::warn!(
                 source = %self.config.id,
                 wanted = %format_time(start.timestamp_millis()),
@@ -244,7 +264,7 @@ impl AsanaSource {
     /// minus the margin (or where the old stream started, if it stored
     /// nothing); the dedup window drops what is read again.
     fn restart(&self, cursor: &mut SourceCursor) {
-        SourceStats::bump(&self.stats.cursor_restarts);
+        self.ctx.metrics.cursor_restarts.inc();
         let margin = i64::try_from(self.config.restart_margin.as_millis()).unwrap_or(i64::MAX);
         let start = match cursor.last_event_time {
             Some(last) => Some(last.saturating_sub(margin)),
@@ -270,6 +290,7 @@ impl AsanaSource {
             source_id: &self.config.id,
             workspace_gid: &self.config.workspace_gid,
         };
+        let received = page.records.len() as u64;
         let mut events: Vec<NewEvent> = Vec::with_capacity(page.records.len());
         let mut quarantined = Vec::new();
         for (index, raw) in page.records.iter().enumerate() {
@@ -305,16 +326,11 @@ impl AsanaSource {
             .call(move |db| db.commit_page(&id, "asana", &events, &quarantined, &commit_cursor))
             .await?;
         *cursor = next;
-        SourceStats::bump(&self.stats.pages);
-        self.stats
-            .events_stored
-            .fetch_add(outcome.stored, std::sync::atomic::Ordering::Relaxed);
-        self.stats
-            .duplicates
-            .fetch_add(outcome.duplicates, std::sync::atomic::Ordering::Relaxed);
-        self.stats
-            .quarantined
-            .fetch_add(outcome.quarantined, std::sync::atomic::Ordering::Relaxed);
+        let metrics = &self.ctx.metrics;
+        metrics.received.inc_by(received);
+        metrics.stored.inc_by(outcome.stored);
+        metrics.duplicates.inc_by(outcome.duplicates);
+        metrics.quarantined.inc_by(outcome.quarantined);
         if outcome.stored > 0 {
             self.ctx.notify_stored();
         }
@@ -337,15 +353,18 @@ impl AsanaSource {
     ) -> Result<Option<Duration>, StateError> {
         let id = &self.config.id;
         let backoff = &mut pacing.backoff;
+        let metrics = &self.ctx.metrics;
+        let n = metrics.error(error.class());
+        self.ctx.health.failed(&error.to_string());
         Ok(Some(match error {
             SourceError::RateLimited { retry_after } => {
-                let n = SourceStats::bump(&self.stats.rate_limited);
                 let wait = rate_limit_wait(retry_after, backoff.next_delay());
+                metrics.rate_limit_waits.inc();
+                metrics.rate_limit_wait_seconds.inc_by(wait.as_secs_f64());
                 tracing::warn!(source = %id, wait_ms = wait.as_millis() as u64, rate_limited = n, "rate limited by asana");
                 wait
             }
             SourceError::Transient(message) => {
-                let n = SourceStats::bump(&self.stats.transient_errors);
                 let wait = backoff.next_delay();
                 tracing::warn!(source = %id, error = %message, attempt = backoff.failures(), transient_errors = n, retry_in_ms = wait.as_millis() as u64, "request failed; retrying with the same offset");
                 wait
@@ -366,7 +385,6 @@ impl AsanaSource {
                 wait
             }
             SourceError::Unauthorized { status, message } => {
-                let n = SourceStats::bump(&self.stats.auth_failures);
                 tracing::error!(
                     source = %id,
                     status,
@@ -378,7 +396,6 @@ impl AsanaSource {
                 self.config.slow_retry_interval
             }
             SourceError::Rejected { status, message } => {
-                SourceStats::bump(&self.stats.rejected);
                 tracing::error!(
                     source = %id,
                     status,
@@ -395,16 +412,21 @@ impl AsanaSource {
     async fn wait_for_outbox_room(&self) -> Result<bool, StateError> {
         let mut warned = false;
         loop {
+            self.ctx
+                .health
+                .beat("checking the outbox depth", COMMIT_BOUND);
             let depth = self.ctx.state.call(|db| db.outbox_depth()).await?;
             if u64::try_from(depth).unwrap_or(0) < self.ctx.max_outbox_events {
                 if warned {
                     tracing::info!(source = %self.config.id, depth, "outbox has room again; resuming");
+                    self.ctx.metrics.paused.set(0);
                 }
                 return Ok(true);
             }
             if !warned {
                 tracing::warn!(source = %self.config.id, depth, limit = self.ctx.max_outbox_events, "outbox full; pausing until sinks catch up");
                 warned = true;
+                self.ctx.metrics.paused.set(1);
             }
             if !sleep_or_cancel(Duration::from_millis(500), &self.ctx.shutdown).await {
                 return Ok(false);

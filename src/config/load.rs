@@ -9,8 +9,8 @@ use serde::de::DeserializeOwned;
 
 use super::raw;
 use super::{
-    AsanaConfig, AsanaFilters, Config, FileSinkConfig, LogConfig, LogFormat, SinkConfig, SinkKind,
-    SourceConfig, StartAt, StateConfig,
+    AsanaConfig, AsanaFilters, Config, FileSinkConfig, HttpConfig, LogConfig, LogFormat,
+    SinkConfig, SinkKind, SourceConfig, StartAt, StateConfig,
 };
 use crate::retry::BackoffPolicy;
 use crate::secret::Secret;
@@ -96,6 +96,72 @@ pub fn load_with_env(path: &Path, env: HashMap<String, String>) -> Result<Config
     }
 }
 
+/// A table's settings as JSON with sorted keys, for [`fingerprint`].
+fn shape_of(value: &config::Value) -> serde_json::Value {
+    value
+        .clone()
+        .try_deserialize::<serde_json::Value>()
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// A digest of everything a source or sink is built from: its settings,
+/// the credentials they resolved to, and the contents of the files they
+/// name (`*_file` keys, Kafka `*.location` properties), so that a reload
+/// restarts it when a token or a certificate on disk was rotated. Kept in
+/// memory only.
+fn fingerprint(shape: &serde_json::Value, secrets: &[&Secret]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(shape.to_string().as_bytes());
+    for secret in secrets {
+        hasher.update(b"\0secret\0");
+        hasher.update(secret.expose().as_bytes());
+    }
+    let mut files = Vec::new();
+    collect_files(shape, &mut files);
+    files.sort();
+    for path in files {
+        hasher.update(b"\0file\0");
+        hasher.update(path.as_bytes());
+        match std::fs::read(&path) {
+            Ok(contents) => hasher.update(&contents),
+            Err(_) => hasher.update(b"\0unreadable"),
+        }
+    }
+    hasher.finalize().into()
+}
+
+fn collect_files(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, value) in map {
+                match value {
+                    serde_json::Value::String(path)
+                        if key.ends_with("_file") || key.ends_with(".location") =>
+                    {
+                        out.push(path.clone());
+                    }
+                    other => collect_files(other, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for item in items {
+                collect_files(item, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Where a token may come from; exactly one must be set.
+struct TokenSource {
+    inline: Option<String>,
+    file: Option<PathBuf>,
+    env: Option<String>,
+    credential: Option<String>,
+}
+
 struct Loader {
     file: PathBuf,
     env: HashMap<String, String>,
@@ -169,9 +235,15 @@ impl Loader {
         if root.sources.is_empty() {
             self.problem("sources", "at least one source is required");
         }
+        let mut fingerprints = BTreeMap::new();
         for (id, value) in root.sources {
             self.check_id("sources", &id);
+            let shape = shape_of(&value);
             if let Some(source) = self.source(&id, value) {
+                fingerprints.insert(
+                    format!("sources.{id}"),
+                    fingerprint(&shape, &source.secrets()),
+                );
                 sources.push(source);
             }
         }
@@ -181,17 +253,22 @@ impl Loader {
         }
         for (id, value) in root.sinks {
             self.check_id("sinks", &id);
+            let shape = shape_of(&value);
             if let Some(sink) = self.sink(&id, value) {
+                fingerprints.insert(format!("sinks.{id}"), fingerprint(&shape, &sink.secrets()));
                 sinks.push(sink);
             }
         }
         self.cross_checks(&state, &sources, &sinks);
+        let http = self.http(root.http);
         Some(Config {
             state,
             log: log?,
+            http,
             shutdown_grace: root.shutdown_grace.unwrap_or(Duration::from_secs(10)),
             sources,
             sinks,
+            fingerprints,
         })
     }
 
@@ -231,6 +308,48 @@ impl Loader {
         None
     }
 
+    /// Reads systemd credential `name` from `$CREDENTIALS_DIRECTORY`
+    /// (`LoadCredential=` / `SetCredentialEncrypted=` in the unit).
+    fn credential(&mut self, key: &str, name: &str) -> Option<String> {
+        let field = format!("{key}.token_credential");
+        let valid = !name.is_empty()
+            && name.len() <= 255
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '@' | ':'))
+            && name != "."
+            && name != "..";
+        if !valid {
+            // Possibly the secret itself pasted here: not printed back.
+            self.problem(
+                field,
+                "must be a credential name (letters, digits, '_', '-', '.', '@', ':')",
+            );
+            return None;
+        }
+        let Some(dir) = self.env.get("CREDENTIALS_DIRECTORY").cloned() else {
+            self.problem(
+                field,
+                format!("credential {name:?} needs $CREDENTIALS_DIRECTORY, which is not set: run under systemd with LoadCredential={name}:PATH"),
+            );
+            return None;
+        };
+        let path = Path::new(&dir).join(name);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Some(text.trim().to_string()),
+            Err(e) => {
+                self.problem(
+                    field,
+                    format!(
+                        "cannot read credential {name:?} from {}: {e}",
+                        path.display()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
     fn check_id(&mut self, section: &str, id: &str) {
         let valid = !id.is_empty()
             && id.len() <= 64
@@ -258,6 +377,20 @@ impl Loader {
             max_outbox_events,
             dedup_window,
         }
+    }
+
+    fn http(&mut self, raw: raw::Http) -> HttpConfig {
+        let listen = raw.listen.and_then(|listen| match listen.parse() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.problem(
+                    "http.listen",
+                    format!("{listen:?} is not an address and port such as \"127.0.0.1:9464\" or \"[::]:9464\""),
+                );
+                None
+            }
+        });
+        HttpConfig { listen }
     }
 
     fn log(&mut self, raw: raw::Log) -> Option<LogConfig> {
@@ -318,7 +451,15 @@ impl Loader {
     }
 
     fn asana(&mut self, id: &str, key: &str, raw: raw::Asana) -> Option<AsanaConfig> {
-        let token = self.token(key, raw.token, raw.token_file, raw.token_env);
+        let token = self.token(
+            key,
+            TokenSource {
+                inline: raw.token,
+                file: raw.token_file,
+                env: raw.token_env,
+                credential: raw.token_credential,
+            },
+        );
         let base_url = raw
             .base_url
             .unwrap_or_else(|| "https://app.asana.com/api/1.0".to_string());
@@ -399,24 +540,27 @@ impl Loader {
         })
     }
 
-    /// Resolves exactly one of `token`, `token_file`, `token_env`.
-    fn token(
-        &mut self,
-        key: &str,
-        inline: Option<String>,
-        file: Option<PathBuf>,
-        env: Option<String>,
-    ) -> Option<Secret> {
-        let given = usize::from(inline.is_some())
+    /// Resolves exactly one of `token`, `token_file`, `token_env`,
+    /// `token_credential`.
+    fn token(&mut self, key: &str, given: TokenSource) -> Option<Secret> {
+        const ONE_OF: &str = "`token`, `token_file`, `token_env` or `token_credential`";
+        let TokenSource {
+            inline,
+            file,
+            env,
+            credential,
+        } = given;
+        let count = usize::from(inline.is_some())
             + usize::from(file.is_some())
-            + usize::from(env.is_some());
-        if given != 1 {
+            + usize::from(env.is_some())
+            + usize::from(credential.is_some());
+        if count != 1 {
             self.problem(
                 key,
-                if given == 0 {
-                    "one of `token`, `token_file` or `token_env` is required"
+                if count == 0 {
+                    format!("one of {ONE_OF} is required")
                 } else {
-                    "set only one of `token`, `token_file` or `token_env`"
+                    format!("set only one of {ONE_OF}")
                 },
             );
             return None;
@@ -436,6 +580,8 @@ impl Loader {
                     return None;
                 }
             }
+        } else if let Some(name) = credential {
+            ("token_credential", self.credential(key, &name)?)
         } else {
             let var = env.unwrap_or_default();
             match self.env.get(&var) {

@@ -27,10 +27,15 @@ pub const EXIT_CONFIG: i32 = 78;
 pub struct Config {
     pub state: StateConfig,
     pub log: LogConfig,
+    pub http: HttpConfig,
     /// How long sinks keep draining the outbox after a stop signal.
     pub shutdown_grace: Duration,
     pub sources: Vec<SourceConfig>,
     pub sinks: Vec<SinkConfig>,
+    /// A digest per `sources.ID` / `sinks.ID` of everything it is built
+    /// from (settings, credentials, files it reads): a reload restarts
+    /// exactly those whose digest changed.
+    pub fingerprints: std::collections::BTreeMap<String, [u8; 32]>,
 }
 
 /// The state file and its bounds.
@@ -41,6 +46,13 @@ pub struct StateConfig {
     pub max_outbox_events: u64,
     /// How long event ids are remembered for dedup.
     pub dedup_window: Duration,
+}
+
+/// The HTTP endpoint for `/metrics`, `/healthz` and `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// Where to listen; `None`: no endpoint.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// Logging.
@@ -76,6 +88,29 @@ impl SourceConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Asana(_) => "asana",
+        }
+    }
+
+    /// How long its API keeps events.
+    pub fn retention(&self) -> Duration {
+        match self {
+            Self::Asana(_) => crate::asana::RETENTION,
+        }
+    }
+
+    /// How recent its last successful poll must be for `/readyz`.
+    pub fn ready_within(&self) -> Duration {
+        match self {
+            Self::Asana(c) => {
+                (c.poll_interval * 3 + c.request_timeout).max(Duration::from_secs(60))
+            }
+        }
+    }
+
+    /// The credentials it holds (kept out of stored error messages).
+    pub fn secrets(&self) -> Vec<&Secret> {
+        match self {
+            Self::Asana(c) => vec![&c.token],
         }
     }
 }
@@ -160,6 +195,16 @@ pub enum SinkKind {
     Syslog(crate::sink::syslog::SyslogConfig),
     /// An idempotent Kafka producer.
     Kafka(crate::sink::kafka::KafkaConfig),
+}
+
+impl SinkConfig {
+    /// The credentials it holds (Kafka properties may hold passwords).
+    pub fn secrets(&self) -> Vec<&Secret> {
+        match &self.kind {
+            SinkKind::Kafka(kafka) => kafka.properties.iter().map(|(_, v)| v).collect(),
+            _ => Vec::new(),
+        }
+    }
 }
 
 impl SinkKind {

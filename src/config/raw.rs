@@ -14,6 +14,8 @@ pub(super) struct Root {
     pub(super) state: State,
     #[serde(default)]
     pub(super) log: Log,
+    #[serde(default)]
+    pub(super) http: Http,
     #[serde(default, with = "humantime_serde")]
     pub(super) shutdown_grace: Option<Duration>,
     /// Read by kind in a second step, so errors inside name their key.
@@ -34,6 +36,12 @@ pub(super) struct State {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub(super) struct Http {
+    pub(super) listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct Log {
     pub(super) level: Option<String>,
     pub(super) format: Option<String>,
@@ -49,6 +57,7 @@ pub(super) struct Asana {
     pub(super) token: Option<String>,
     pub(super) token_file: Option<PathBuf>,
     pub(super) token_env: Option<String>,
+    pub(super) token_credential: Option<String>,
     #[serde(default)]
     pub(super) filters: AsanaFilters,
     pub(super) page_size: Option<u32>,

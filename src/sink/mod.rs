@@ -15,6 +15,7 @@ pub mod kafka;
 mod stdout;
 pub mod syslog;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -22,6 +23,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{SinkConfig, SinkKind};
+use crate::health::Component;
+use crate::metrics::SinkMetrics;
 use crate::retry::Backoff;
 use crate::state::{OutboxRecord, SharedState, StateError};
 
@@ -78,10 +81,23 @@ pub struct SinkContext {
     pub hard_stop: CancellationToken,
     /// Cancelled by a sink whose destination closed, to stop the process.
     pub shutdown: CancellationToken,
+    /// Cancelled when this sink is removed or replaced by a reload: stop
+    /// between batches (or during a retry wait), leaving the rest in the
+    /// outbox.
+    pub retire: CancellationToken,
+    pub metrics: SinkMetrics,
+    pub health: Arc<Component>,
 }
 
 /// Idle wake-up even without a notification, a safety net only.
 const IDLE_POLL: Duration = Duration::from_secs(1);
+
+/// The longest one delivery attempt may take before the task counts as
+/// hung (every sink bounds its own I/O well below this).
+const DELIVERY_BOUND: Duration = Duration::from_secs(600);
+
+/// Added to heartbeat deadlines for scheduling delays.
+const BEAT_SLACK: Duration = Duration::from_secs(30);
 
 /// Why a sink task ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,8 +124,12 @@ pub async fn run(
     let mut backoff = Backoff::new(config.retry);
     tracing::info!(sink = %id, kind = config.kind.name(), acked_seq = acked, "sink started");
     loop {
+        if ctx.retire.is_cancelled() {
+            break;
+        }
         // Dead letters marked for replay go first (`auditrelay dlq replay`).
         let (sink_id, limit) = (id.clone(), config.batch_size);
+        ctx.health.beat("reading the outbox", DELIVERY_BOUND);
         let replay = ctx
             .state
             .call(move |db| db.replay_batch(&sink_id, limit))
@@ -130,6 +150,8 @@ pub async fn run(
                 .filter(|dead_id| !rejected.iter().any(|(r, _)| r == dead_id))
                 .collect();
             tracing::info!(sink = %id, delivered = ok.len(), rejected_again = rejected.len(), "replayed dead letters");
+            ctx.metrics.acknowledged.inc_by(ok.len() as u64);
+            ctx.metrics.dead_lettered.inc_by(rejected.len() as u64);
             ctx.state
                 .call(move |db| db.settle_replay(&ok, &rejected))
                 .await?;
@@ -147,11 +169,13 @@ pub async fn run(
             if ctx.sources_done.is_cancelled() {
                 break;
             }
+            ctx.health.idle("waiting for events");
             tokio::select! {
                 _ = ctx.stored.changed() => {}
                 () = tokio::time::sleep(IDLE_POLL) => {}
                 () = ctx.sources_done.cancelled() => {}
                 () = ctx.hard_stop.cancelled() => break,
+                () = ctx.retire.cancelled() => break,
             }
             continue;
         };
@@ -164,6 +188,7 @@ pub async fn run(
             .into_iter()
             .map(|(index, reason)| (batch[index].clone(), reason))
             .collect();
+        let dead = rejected.len();
         for (record, reason) in &rejected {
             tracing::error!(sink = %id, event_id = %record.event_id, source = %record.source_id, reason = %reason, "event rejected for good; moved to the dead-letter table");
         }
@@ -180,6 +205,8 @@ pub async fn run(
             })
             .await?;
         tracing::debug!(sink = %id, acked_seq = last, events = batch.len(), trimmed, "batch acknowledged");
+        ctx.metrics.acknowledged.inc_by((batch.len() - dead) as u64);
+        ctx.metrics.dead_lettered.inc_by(dead as u64);
         acked = last;
     }
     tracing::info!(sink = %id, acked_seq = acked, "sink stopped");
@@ -195,7 +222,14 @@ async fn deliver(
     ctx: &SinkContext,
     id: &str,
 ) -> Result<Delivered, Stopped> {
+    let mut attempt = 0u64;
     loop {
+        attempt += 1;
+        if attempt > 1 {
+            ctx.metrics.retries.inc();
+        }
+        ctx.metrics.sent.inc_by(batch.len() as u64);
+        ctx.health.beat("delivering a batch", DELIVERY_BOUND);
         let delivered = tokio::select! {
             delivered = sink.deliver(batch) => delivered,
             // Unacknowledged: the batch stays where it is.
@@ -204,6 +238,10 @@ async fn deliver(
         match delivered {
             Ok(delivered) => {
                 backoff.reset();
+                ctx.health.succeeded();
+                ctx.metrics
+                    .last_ack
+                    .set(crate::metrics::unix_seconds(crate::state::unix_ms_now()));
                 return Ok(delivered);
             }
             Err(SinkError::Closed(reason)) => {
@@ -213,6 +251,10 @@ async fn deliver(
             }
             Err(SinkError::Unavailable(reason)) => {
                 let wait = backoff.next_delay();
+                ctx.metrics.errors.inc();
+                ctx.health.failed(&reason);
+                ctx.health
+                    .beat("waiting to retry a delivery", wait + BEAT_SLACK);
                 tracing::warn!(
                     sink = %id,
                     error = %reason,
@@ -224,6 +266,7 @@ async fn deliver(
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
                     () = ctx.hard_stop.cancelled() => return Err(Stopped::Done),
+                    () = ctx.retire.cancelled() => return Err(Stopped::Done),
                 }
             }
         }

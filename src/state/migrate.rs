@@ -24,6 +24,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "0002_dead_letter.sql",
         sql: include_str!("../../migrations/0002_dead_letter.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_health.sql",
+        sql: include_str!("../../migrations/0003_health.sql"),
+    },
 ];
 
 /// The schema version this binary writes.

@@ -646,8 +646,8 @@ impl StateDb {
         Ok(removed as u64)
     }
 
-    /// Everything `auditrelay state show` prints.
-    pub fn summary(&self) -> Result<StateSummary, StateError> {
+    /// Every stored cursor, as (source id, kind, cursor).
+    pub fn cursors(&self) -> Result<Vec<(String, String, SourceCursor)>, StateError> {
         let mut sources = Vec::new();
         {
             let mut stmt = self.conn.prepare(
@@ -671,6 +671,11 @@ impl StateDb {
                 sources.push(row?);
             }
         }
+        Ok(sources)
+    }
+
+    /// Every sink's progress, active or not.
+    pub fn sink_progress(&self) -> Result<Vec<SinkProgress>, StateError> {
         let mut sinks = Vec::new();
         {
             let mut stmt = self.conn.prepare(
@@ -689,6 +694,13 @@ impl StateDb {
                 sinks.push(row?);
             }
         }
+        Ok(sinks)
+    }
+
+    /// Everything `auditrelay state show` prints.
+    pub fn summary(&self) -> Result<StateSummary, StateError> {
+        let sources = self.cursors()?;
+        let sinks = self.sink_progress()?;
         let (oldest, newest): (Option<i64>, Option<i64>) =
             self.conn
                 .query_row("SELECT MIN(seq), MAX(seq) FROM outbox", [], |row| {
@@ -833,6 +845,10 @@ fn hex_sha256(bytes: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+mod health;
+
+pub use health::{ComponentRecord, Observation, SinkBacklog};
 
 #[cfg(test)]
 mod tests;

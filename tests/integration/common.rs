@@ -197,6 +197,11 @@ impl Daemon {
         wait_exit(self.child.take().unwrap(), Duration::from_secs(30))
     }
 
+    /// Waits (bounded) for an exit that was asked for otherwise.
+    pub(crate) fn wait(mut self) -> ExitStatus {
+        wait_exit(self.child.take().unwrap(), Duration::from_secs(30))
+    }
+
     /// SIGKILL: no chance to clean up.
     pub(crate) fn kill9(mut self) {
         let mut child = self.child.take().unwrap();

@@ -72,7 +72,7 @@ fn missing_token() {
     let (code, err) = check(&GOOD.replace("token = \"config-test-token\"", ""), &[]);
     assert_eq!(code, 78, "{err}");
     assert!(
-        err.contains("sources.main: one of `token`, `token_file` or `token_env` is required"),
+        err.contains("sources.main: one of `token`, `token_file`, `token_env` or `token_credential` is required"),
         "{err}"
     );
 }
@@ -123,4 +123,14 @@ fn missing_file() {
     );
     assert_eq!(code, 78, "{err}");
     assert!(err.contains("/nonexistent/auditrelay.toml"), "{err}");
+}
+
+#[test]
+fn http_listen_must_be_an_address() {
+    let (code, err) = check(&format!("{GOOD}\n[http]\nlisten = \"localhost\"\n"), &[]);
+    assert_eq!(code, 78, "{err}");
+    assert!(
+        err.contains("http.listen: \"localhost\" is not an address"),
+        "{err}"
+    );
 }

@@ -9,5 +9,6 @@ mod delivery;
 mod demo;
 mod faults;
 mod kafka;
+mod operations;
 mod secrets;
 mod syslog;

@@ -46,6 +46,7 @@ fn example_config_is_valid_and_complete() {
         asana.start_at,
         StartAt::Lookback(Duration::from_secs(7 * 86400))
     );
+    assert_eq!(config.http.listen, Some("127.0.0.1:9464".parse().unwrap()));
     assert_eq!(config.sinks.len(), 4);
     let file = config.sinks.iter().find(|s| s.id == "archive").unwrap();
     match &file.kind {
@@ -370,4 +371,89 @@ fn byte_sizes() {
     assert_eq!(raw::parse_byte_size("512"), Ok(512));
     assert!(raw::parse_byte_size("10 parsecs").is_err());
     assert!(raw::parse_byte_size("MiB").is_err());
+}
+
+#[test]
+fn fingerprints_change_with_settings_credentials_and_files_only_where_they_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "first-token").unwrap();
+    let text = format!(
+        r#"
+[state]
+path = "/tmp/x/state.db"
+[sources.main]
+kind = "asana"
+workspace_gid = "1200000000000000"
+token_file = "{token}"
+[sinks.out]
+kind = "stdout"
+[sinks.extra]
+kind = "file"
+path = "/tmp/x/out.jsonl"
+batch_size = 10
+"#,
+        token = token.display()
+    );
+    let load = |text: &str| {
+        load_with_env(&write(&dir, text), env(&[]))
+            .unwrap()
+            .fingerprints
+    };
+    let before = load(&text);
+    assert_eq!(before.len(), 3);
+    assert_eq!(
+        load(&text),
+        before,
+        "loading twice must give the same digests"
+    );
+
+    std::fs::write(&token, "rotated-token").unwrap();
+    let rotated = load(&text);
+    assert_ne!(rotated["sources.main"], before["sources.main"]);
+    assert_eq!(rotated["sinks.out"], before["sinks.out"]);
+
+    let resized = load(&text.replace("batch_size = 10", "batch_size = 20"));
+    assert_ne!(resized["sinks.extra"], rotated["sinks.extra"]);
+    assert_eq!(resized["sinks.out"], rotated["sinks.out"]);
+    assert_eq!(resized["sources.main"], rotated["sources.main"]);
+
+    // The digest never holds the token in the clear.
+    let shown = format!("{:?}", rotated);
+    assert!(!shown.contains("rotated-token"));
+}
+
+#[test]
+fn a_credential_is_read_from_the_credentials_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("asana-token"), "cred-token\n").unwrap();
+    let text = MINIMAL.replace(
+        "token = \"inline-token\"",
+        "token_credential = \"asana-token\"",
+    );
+    let creds = dir.path().to_str().unwrap();
+    let config = load_with_env(
+        &write(&dir, &text),
+        env(&[("CREDENTIALS_DIRECTORY", creds)]),
+    )
+    .unwrap();
+    let SourceConfig::Asana(asana) = &config.sources[0];
+    assert_eq!(asana.token.expose(), "cred-token");
+
+    let found = problems(
+        &text.replace("asana-token", "../etc/passwd"),
+        &[("CREDENTIALS_DIRECTORY", creds)],
+    );
+    assert_eq!(
+        found,
+        ["sources.main.token_credential: must be a credential name (letters, digits, '_', '-', '.', '@', ':')"]
+    );
+    let found = problems(
+        &text.replace("asana-token", "missing"),
+        &[("CREDENTIALS_DIRECTORY", creds)],
+    );
+    assert!(
+        found[0].starts_with("sources.main.token_credential: cannot read credential \"missing\""),
+        "{found:?}"
+    );
 }

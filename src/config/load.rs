@@ -310,8 +310,7 @@ impl Loader {
 
     /// Reads systemd credential `name` from `$CREDENTIALS_DIRECTORY`
     /// (`LoadCredential=` / `SetCredentialEncrypted=` in the unit).
-    fn credential(&mut self, key: &str, name: &str) -> Option<String> {
-        let field = format!("{key}.token_credential");
+    fn credential(&mut self, field: &str, name: &str) -> Option<String> {
         let valid = !name.is_empty()
             && name.len() <= 255
             && name
@@ -581,7 +580,10 @@ impl Loader {
                 }
             }
         } else if let Some(name) = credential {
-            ("token_credential", self.credential(key, &name)?)
+            (
+                "token_credential",
+                self.credential(&format!("{key}.token_credential"), &name)?,
+            )
         } else {
             let var = env.unwrap_or_default();
             match self.env.get(&var) {
@@ -931,7 +933,12 @@ impl Loader {
             "dr_cb",
             "dr_msg_cb",
         ];
-        for name in raw.properties.keys().chain(raw.properties_env.keys()) {
+        for name in raw
+            .properties
+            .keys()
+            .chain(raw.properties_env.keys())
+            .chain(raw.properties_credential.keys())
+        {
             if OURS.contains(&name.as_str()) {
                 self.problem(
                     format!("{key}.properties.{name}"),
@@ -954,6 +961,12 @@ impl Loader {
                         "must name an environment variable (letters, digits and '_')".to_string()
                     },
                 ),
+            }
+        }
+        for (name, credential) in &raw.properties_credential {
+            let field = format!("{key}.properties_credential.{name}");
+            if let Some(value) = self.credential(&field, credential) {
+                properties.push((name.clone(), Secret::new(value)));
             }
         }
         let config = KafkaConfig {

@@ -154,6 +154,10 @@ pub(super) struct KafkaSink {
     /// passwords): property name → variable name.
     #[serde(default)]
     pub(super) properties_env: BTreeMap<String, String>,
+    /// librdkafka properties read from systemd credentials: property name
+    /// → credential name.
+    #[serde(default)]
+    pub(super) properties_credential: BTreeMap<String, String>,
     pub(super) batch_size: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     pub(super) retry_initial: Option<Duration>,

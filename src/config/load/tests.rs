@@ -362,6 +362,34 @@ fn kafka_options_are_checked_by_librdkafka_too() {
         !format!("{config:?}").contains("hunter2-pass"),
         "properties are secrets"
     );
+
+    // The same from a systemd credential.
+    std::fs::write(dir.path().join("kafka-password"), "cred-pass\n").unwrap();
+    let creds = dir.path().to_str().unwrap();
+    let text = sink("brokers = \"127.0.0.1:9092\"\n[sinks.out.properties_credential]\n\"sasl.password\" = \"kafka-password\"");
+    let config = load_with_env(
+        &write(&dir, &text),
+        env(&[("CREDENTIALS_DIRECTORY", creds)]),
+    )
+    .unwrap();
+    let SinkKind::Kafka(kafka) = &config.sinks[0].kind else {
+        panic!("not kafka")
+    };
+    let (name, value) = &kafka.properties[0];
+    assert_eq!(
+        (name.as_str(), value.expose()),
+        ("sasl.password", "cred-pass")
+    );
+    let found = problems(
+        &text.replace("\"sasl.password\"", "\"acks\""),
+        &[("CREDENTIALS_DIRECTORY", creds)],
+    );
+    assert!(
+        found
+            .iter()
+            .any(|p| p.starts_with("sinks.out.properties.acks: not configurable")),
+        "{found:#?}"
+    );
 }
 
 #[test]

@@ -406,7 +406,9 @@ mod tests {
 
     #[test]
     fn unknown_codes_are_none() {
-        for code in ["USR-6", "USR-37", "USR-99", "usr-8", "AUTHZ-3", "", "USR-8 "] {
+        for code in [
+            "USR-6", "USR-37", "USR-99", "usr-8", "AUTHZ-3", "", "USR-8 ",
+        ] {
             assert_eq!(lookup(code), None, "{code:?}");
         }
     }

@@ -20,6 +20,9 @@ pub struct SimConfig {
     pub tokens: Vec<String>,
     /// Valid tokens that are not service accounts: they get 403.
     pub non_service_tokens: Vec<String>,
+    /// Gids of users that still appear in events but are deleted: `GET /users/{gid}` gives
+    /// 404 for them.
+    pub deleted_users: Vec<String>,
     /// End of the backlog and start of live events.
     pub epoch: DateTime<Utc>,
     /// Events per workspace spread evenly over `backlog_span`, ending at `epoch`.
@@ -60,6 +63,7 @@ impl fmt::Debug for SimConfig {
             .field("workspaces", &self.workspaces)
             .field("tokens", &Redacted(&self.tokens))
             .field("non_service_tokens", &Redacted(&self.non_service_tokens))
+            .field("deleted_users", &self.deleted_users)
             .field("epoch", &self.epoch)
             .field("backlog", &self.backlog)
             .field("backlog_span", &self.backlog_span)
@@ -85,6 +89,7 @@ impl Default for SimConfig {
             workspaces: vec!["1200000000000000".to_string()],
             tokens: vec!["sim-token".to_string()],
             non_service_tokens: Vec::new(),
+            deleted_users: Vec::new(),
             epoch: Utc::now(),
             backlog: 1000,
             backlog_span: Duration::from_secs(3600),
@@ -135,6 +140,10 @@ pub struct SimArgs {
     /// Token that is valid but not a service account, answered with 403 (repeatable).
     #[arg(long = "non-service-token")]
     non_service_tokens: Vec<String>,
+    /// Gid of a user that appears in events but is deleted: `GET /users/{gid}` gives 404
+    /// (repeatable; the pool users are 1200000000100001 to 1200000000100050).
+    #[arg(long = "deleted-user")]
+    deleted_users: Vec<String>,
     /// Backlog events per workspace.
     #[arg(long = "events", default_value_t = 1000)]
     backlog: u64,
@@ -205,6 +214,7 @@ impl SimArgs {
             workspaces: or_default(&self.workspaces, defaults.workspaces),
             tokens: or_default(&self.tokens, defaults.tokens),
             non_service_tokens: self.non_service_tokens.clone(),
+            deleted_users: self.deleted_users.clone(),
             epoch: self.epoch.unwrap_or(defaults.epoch),
             backlog: self.backlog,
             backlog_span: self.backlog_span,

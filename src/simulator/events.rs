@@ -428,6 +428,35 @@ fn user(index: u64) -> &'static User {
     &USERS[index as usize]
 }
 
+/// A user as `GET /users/{user_gid}` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct UserRecord {
+    pub(crate) gid: &'static str,
+    pub(crate) name: &'static str,
+    pub(crate) email: &'static str,
+}
+
+/// The pool user with this gid or email (the forms `GET /users/{user_gid}` accepts besides
+/// `me`). Every user that can appear as an actor or a resource is in the pool.
+pub(crate) fn find_user(gid_or_email: &str) -> Option<UserRecord> {
+    USERS
+        .iter()
+        .find(|u| u.gid == gid_or_email || u.email.eq_ignore_ascii_case(gid_or_email))
+        .map(|u| UserRecord {
+            gid: &u.gid,
+            name: &u.name,
+            email: &u.email,
+        })
+}
+
+/// The user behind the simulator's service-account tokens (`GET /users/me`); not in the pool,
+/// so it never appears in events.
+pub(crate) const SERVICE_ACCOUNT: UserRecord = UserRecord {
+    gid: "1200000000099999",
+    name: "SIEM export bot",
+    email: "siem-export-bot@example.com",
+};
+
 /// Who performed an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Actor {

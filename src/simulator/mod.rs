@@ -26,6 +26,7 @@
 //! - `GET /_sim/requests?limit=N`: the last N (default 100) requests to the Asana API.
 
 mod admin;
+pub mod anaplan;
 mod api;
 mod config;
 mod events;

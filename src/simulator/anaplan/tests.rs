@@ -1,0 +1,1 @@
+//! End-to-end tests of the Anaplan simulator over a real listener.

@@ -36,8 +36,18 @@ pub(crate) const RANGE_TOO_LONG: &str = "Date range cannot exceed 30 days";
 const HOUR_MS: i64 = 3_600_000;
 const MAX_INTERVAL_HOURS: i64 = 720;
 
-fn bad_request(message: &str) -> Response {
-    status_error(StatusCode::BAD_REQUEST, "FAILURE_BAD_REQUEST", message)
+/// A 400 `FAILURE_BAD_REQUEST` with this message.
+#[derive(Debug, PartialEq, Eq)]
+struct BadRequest(String);
+
+impl IntoResponse for BadRequest {
+    fn into_response(self) -> Response {
+        status_error(StatusCode::BAD_REQUEST, "FAILURE_BAD_REQUEST", &self.0)
+    }
+}
+
+fn bad_request(message: &str) -> BadRequest {
+    BadRequest(message.to_string())
 }
 
 /// How the window is repeated in `nextUrl`/`previousUrl`.
@@ -73,7 +83,7 @@ fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, value)| value.as_str())
 }
 
-fn int_param(params: &[(String, String)], name: &str) -> Result<Option<i64>, Response> {
+fn int_param(params: &[(String, String)], name: &str) -> Result<Option<i64>, BadRequest> {
     param(params, name)
         .map(|value| {
             value
@@ -87,7 +97,7 @@ fn int_param(params: &[(String, String)], name: &str) -> Result<Option<i64>, Res
 /// `type`, `limit` and `offset`: the query parameters both endpoints take.
 fn paging_params(
     params: &[(String, String)],
-) -> Result<(Option<String>, Option<u64>, u64), Response> {
+) -> Result<(Option<String>, Option<u64>, u64), BadRequest> {
     let event_type = param(params, "type").map(str::to_string);
     let limit = match int_param(params, "limit")? {
         Some(limit) if limit < 0 => return Err(bad_request("limit must not be negative")),
@@ -101,7 +111,7 @@ fn paging_params(
 }
 
 /// The window of the last `hours` hours, or the 400 for a bad value.
-fn interval_window(hours: i64, now_ms: i64) -> Result<(i64, i64), Response> {
+fn interval_window(hours: i64, now_ms: i64) -> Result<(i64, i64), BadRequest> {
     if hours > MAX_INTERVAL_HOURS {
         return Err(bad_request(RANGE_TOO_LONG));
     }
@@ -111,7 +121,7 @@ fn interval_window(hours: i64, now_ms: i64) -> Result<(i64, i64), Response> {
     Ok((now_ms - hours * HOUR_MS, now_ms))
 }
 
-fn check_span(from_ms: i64, to_ms: i64) -> Result<(), Response> {
+fn check_span(from_ms: i64, to_ms: i64) -> Result<(), BadRequest> {
     if from_ms > to_ms {
         return Err(bad_request("dateFrom must not be after dateTo"));
     }
@@ -122,7 +132,7 @@ fn check_span(from_ms: i64, to_ms: i64) -> Result<(), Response> {
     Ok(())
 }
 
-fn parse_get(params: &[(String, String)], now_ms: i64) -> Result<AuditRequest, Response> {
+fn parse_get(params: &[(String, String)], now_ms: i64) -> Result<AuditRequest, BadRequest> {
     let (event_type, limit, offset) = paging_params(params)?;
     let (from_ms, to_ms, echo) = match int_param(params, "intervalInHours")? {
         Some(hours) => {
@@ -161,7 +171,7 @@ fn parse_search(
     body: &[u8],
     now_ms: i64,
     oldest_ms: i64,
-) -> Result<AuditRequest, Response> {
+) -> Result<AuditRequest, BadRequest> {
     let (event_type, limit, offset) = paging_params(params)?;
     let body: SearchBody = if body.iter().all(u8::is_ascii_whitespace) {
         SearchBody::default()
@@ -240,7 +250,7 @@ pub(super) async fn events(
     let response = match sim.admit(&call, &headers, Service::Audit).await {
         Ok(_) => match parse_get(&params, sim.now_ms()) {
             Ok(request) => sim.audit_page(&request, &call.base, wants_cef(&headers)),
-            Err(response) => response,
+            Err(bad) => bad.into_response(),
         },
         Err(response) => response,
     };
@@ -261,7 +271,7 @@ pub(super) async fn search(
             let now_ms = sim.now_ms();
             match parse_search(&params, &body, now_ms, sim.retention_cutoff_ms(now_ms)) {
                 Ok(request) => sim.audit_page(&request, &call.base, wants_cef(&headers)),
-                Err(response) => response,
+                Err(bad) => bad.into_response(),
             }
         }
         Err(response) => response,

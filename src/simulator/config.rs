@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use super::anaplan::AnaplanSimArgs;
 use super::Faults;
 
 /// Everything that shapes a simulator instance. Two instances with equal `seed`, `epoch`,
@@ -180,6 +181,9 @@ pub struct SimArgs {
     /// Share of pages that repeat an event of the previous page.
     #[arg(long, default_value_t = 0.0, value_parser = parse_probability)]
     duplicate_rate: f64,
+    // Boxed: it would double the size of the `simulate` command otherwise.
+    #[command(flatten)]
+    anaplan: Box<AnaplanSimArgs>,
 }
 
 /// Shows the resulting configuration, which redacts the tokens.
@@ -188,6 +192,7 @@ impl fmt::Debug for SimArgs {
         f.debug_struct("SimArgs")
             .field("listen", &self.listen)
             .field("config", &self.to_config())
+            .field("anaplan", &self.anaplan)
             .finish()
     }
 }
@@ -196,6 +201,11 @@ impl SimArgs {
     /// The address to bind.
     pub fn listen(&self) -> SocketAddr {
         self.listen
+    }
+
+    /// The `--anaplan-*` flags (the Anaplan simulator runs only with `--anaplan-listen`).
+    pub fn anaplan(&self) -> &AnaplanSimArgs {
+        &self.anaplan
     }
 
     /// The simulator configuration these flags describe (unset flags take the defaults of
@@ -286,5 +296,28 @@ mod tests {
             .to_config();
         assert_eq!(config.tokens, ["secret-one"]);
         assert!(!format!("{config:?}").contains("secret-one"));
+
+        let cli = Cli::try_parse_from(["simulate"]).unwrap();
+        assert_eq!(cli.sim.anaplan().listen(), None);
+        let cli = Cli::try_parse_from([
+            "simulate",
+            "--seed",
+            "9",
+            "--anaplan-listen",
+            "127.0.0.1:9001",
+            "--anaplan-token-ttl",
+            "2s",
+            "--anaplan-events",
+            "7",
+        ])
+        .unwrap();
+        let anaplan = cli.sim.anaplan();
+        assert_eq!(anaplan.listen(), Some("127.0.0.1:9001".parse().unwrap()));
+        let config = cli.sim.to_config();
+        let anaplan = anaplan.to_config(config.seed, config.epoch);
+        assert_eq!(anaplan.seed, 9);
+        assert_eq!(anaplan.backlog, 7);
+        assert_eq!(anaplan.token_ttl, Duration::from_secs(2));
+        assert_eq!(anaplan.epoch, config.epoch);
     }
 }

@@ -181,23 +181,27 @@ impl AnaplanSimConfig {
 #[derive(Debug, Clone, clap::Args)]
 pub struct AnaplanSimArgs {
     /// Also serve the Anaplan APIs (auth, audit and users on one port) at this address.
-    #[arg(long = "anaplan-listen")]
+    #[arg(id = "anaplan_listen", long = "anaplan-listen")]
     listen: Option<SocketAddr>,
     /// Anaplan backlog events.
-    #[arg(long = "anaplan-events", default_value_t = 1000)]
+    #[arg(id = "anaplan_events", long = "anaplan-events", default_value_t = 1000)]
     backlog: u64,
     /// Anaplan live events per second.
-    #[arg(long = "anaplan-rate", default_value_t = 1.0)]
+    #[arg(id = "anaplan_rate", long = "anaplan-rate", default_value_t = 1.0)]
     rate: f64,
     /// Anaplan token lifetime.
-    #[arg(long = "anaplan-token-ttl", default_value = "35m", value_parser = humantime::parse_duration)]
+    #[arg(id = "anaplan_token_ttl", long = "anaplan-token-ttl", default_value = "35m", value_parser = humantime::parse_duration)]
     token_ttl: Duration,
     /// Anaplan audit and users requests per minute.
-    #[arg(long = "anaplan-rate-limit", default_value_t = 600)]
+    #[arg(
+        id = "anaplan_rate_limit",
+        long = "anaplan-rate-limit",
+        default_value_t = 600
+    )]
     rate_limit: u32,
     /// Write the simulator's CA (`ca.pem`) and a trusted client certificate for the default
     /// auditor login (`client.pem`, `client.key`) into this directory.
-    #[arg(long = "anaplan-cert-dir")]
+    #[arg(id = "anaplan_cert_dir", long = "anaplan-cert-dir")]
     cert_dir: Option<PathBuf>,
 }
 

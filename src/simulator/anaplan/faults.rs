@@ -108,22 +108,38 @@ impl AnaplanFaults {
 #[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AnaplanFaultUpdate {
+    /// See [`AnaplanFaults::latency`].
     #[serde(default, deserialize_with = "deserialize_optional_duration")]
     pub latency: Option<Duration>,
+    /// See [`AnaplanFaults::error_rate`].
     pub error_rate: Option<f64>,
+    /// See [`AnaplanFaults::fail_next`].
     pub fail_next: Option<u32>,
+    /// See [`AnaplanFaults::fail_status`].
     pub fail_status: Option<u16>,
+    /// See [`AnaplanFaults::auth_fail_next`].
     pub auth_fail_next: Option<u32>,
+    /// See [`AnaplanFaults::truncate_rate`].
     pub truncate_rate: Option<f64>,
+    /// See [`AnaplanFaults::truncate_next`].
     pub truncate_next: Option<u32>,
+    /// See [`AnaplanFaults::html_next`].
     pub html_next: Option<u32>,
+    /// See [`AnaplanFaults::rate_limit_next`].
     pub rate_limit_next: Option<u32>,
+    /// See [`AnaplanFaults::send_retry_after`].
     pub send_retry_after: Option<bool>,
+    /// See [`AnaplanFaults::retry_after_secs`].
     pub retry_after_secs: Option<u64>,
+    /// See [`AnaplanFaults::users_down`].
     pub users_down: Option<bool>,
+    /// See [`AnaplanFaults::drift_next`].
     pub drift_next: Option<u32>,
+    /// See [`AnaplanFaults::drift_events`].
     pub drift_events: Option<u32>,
+    /// See [`AnaplanFaults::omit_small_meta`].
     pub omit_small_meta: Option<bool>,
+    /// See [`AnaplanFaults::clock_advance_secs`].
     pub clock_advance_secs: Option<i64>,
     /// Make this token value get 401 from now on (as after a server-side revocation).
     pub revoke_token: Option<String>,

@@ -451,6 +451,31 @@ impl AnaplanSim {
         self.certs.mint(email).map_err(|e| e.to_string())
     }
 
+    /// Writes `ca.pem`, and `client.pem` and `client.key` (mode 0600) for a fresh client
+    /// certificate of `email`, into `dir` (created if missing).
+    pub fn write_client_files(&self, dir: &std::path::Path, email: &str) -> std::io::Result<()> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let cert = self
+            .mint_client_certificate(email)
+            .map_err(std::io::Error::other)?;
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("ca.pem"), self.ca_certificate_pem())?;
+        std::fs::write(dir.join("client.pem"), cert.certificate_pem())?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(dir.join("client.key"))?
+            .write_all(cert.private_key_pem().as_bytes())
+    }
+
+    /// The first configured login (the default auditor).
+    pub fn default_login(&self) -> &str {
+        &self.config.credentials[0].email
+    }
+
     /// How many requests reached `endpoint` (any status).
     pub fn calls(&self, endpoint: AnaplanEndpoint) -> u64 {
         lock(&self.counters)

@@ -153,7 +153,7 @@ impl Harness {
     }
 
     /// Follows `nextUrl` from the first page of `window` until it is absent; every id read,
-    /// in order, and the pages' `totalSize`s.
+    /// in order.
     async fn read_window(&self, token: &str, window: (i64, i64), limit: u32) -> Vec<u64> {
         let mut url = format!(
             "/audit/api/1/events?type=all&dateFrom={}&dateTo={}&limit={limit}&offset=0",

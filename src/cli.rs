@@ -11,6 +11,7 @@ use crate::asana::client::{AsanaClient, Position};
 use crate::config::{self, Config, ConfigErrors, LogConfig, LogFormat, SinkKind, SourceConfig};
 use crate::envelope::format_time;
 use crate::metrics::SourceMetrics;
+use crate::simulator::anaplan::AnaplanSim;
 use crate::simulator::{SimArgs, Simulator};
 use crate::state::{SourceCursor, StateDb, StateLock};
 
@@ -71,7 +72,8 @@ enum Command {
     /// Events sinks rejected for good: list, replay or purge them.
     #[command(subcommand)]
     Dlq(DlqCommand),
-    /// Serve the simulated Asana audit log API.
+    /// Serve the simulated Asana audit log API (and, with --anaplan-listen,
+    /// the Anaplan APIs).
     Simulate(SimArgs),
     /// Run the simulator and the daemon together, printing events.
     Demo(crate::demo::DemoArgs),
@@ -295,10 +297,34 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let addr = listener.local_addr()?;
             // Tests and scripts read this line to find the port.
             println!("listening on http://{addr}/api/1.0");
-            let simulator = Simulator::new(args.to_config());
+            let config = args.to_config();
+            let anaplan = match args.anaplan().listen() {
+                Some(anaplan_addr) => {
+                    let anaplan_config = args.anaplan().to_config(config.seed, config.epoch);
+                    let sim = AnaplanSim::try_new(anaplan_config).map_err(anyhow::Error::msg)?;
+                    if let Some(dir) = args.anaplan().cert_dir() {
+                        sim.write_client_files(dir, sim.default_login())
+                            .with_context(|| {
+                                format!("writing certificates to {}", dir.display())
+                            })?;
+                    }
+                    let listener = tokio::net::TcpListener::bind(anaplan_addr)
+                        .await
+                        .with_context(|| format!("binding {anaplan_addr}"))?;
+                    println!("anaplan listening on http://{}", listener.local_addr()?);
+                    Some(tokio::spawn(
+                        sim.serve(listener, shutdown.clone().cancelled_owned()),
+                    ))
+                }
+                None => None,
+            };
+            let simulator = Simulator::new(config);
             simulator
                 .serve(listener, shutdown.cancelled_owned())
                 .await?;
+            if let Some(anaplan) = anaplan {
+                anaplan.await??;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(args) => {

@@ -6,18 +6,21 @@
 //!   [`demo`]: simulator and daemon in one process.
 //! - [`config`]: TOML + environment, validated, every problem reported.
 //! - [`asana`]: the Asana audit log source (client, event mapping, stream).
+//! - [`anaplan`]: the Anaplan audit source (so far its event-code catalog).
 //! - [`source`]: what sources share (error classes, context, counters).
 //! - [`state`]: the SQLite state file: cursors, outbox, dedup, progress.
 //! - [`sink`]: sinks and the delivery loop (stdout, file).
 //! - [`envelope`]: the JSON contract with the SIEM.
 //! - [`retry`]: backoff and `Retry-After`; [`secret`]: credentials that
 //!   cannot leak; [`shutdown`]: signals; [`telemetry`]: logging.
-//! - [`simulator`]: the fake Asana API used by the demo, tests, benchmarks.
+//! - [`simulator`]: the fake Asana and Anaplan APIs used by the demo, tests,
+//!   benchmarks.
 //!
 //! See ARCHITECTURE.md for the invariants and how each is enforced.
 
 #![forbid(unsafe_code)]
 
+pub mod anaplan;
 pub mod app;
 pub mod asana;
 pub mod cli;

@@ -15,8 +15,11 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tracing::{debug, warn};
 
-use super::events::{self, event_core, event_type_index, render_event, AuditLogEvent};
+use super::events::{
+    self, event_core, event_type_index, find_user, render_event, AuditLogEvent, SERVICE_ACCOUNT,
+};
 use super::faults::{roll, FaultState};
+use super::limiter::Permit;
 use super::offset::OffsetPayload;
 use super::timeline::{Entry, BAD_RECORD_KEY_BASE};
 use super::{lock, RequestRecord, Simulator, Workspace, REQUEST_LOG_CAPACITY};
@@ -26,6 +29,8 @@ const FORBIDDEN: &str = "Forbidden: audit log requires a service account token";
 const RATE_LIMITED: &str = "You've made too many requests and hit a rate limit. Please retry after the given amount of time.";
 const BAD_LIMIT: &str = "limit: Value must be between 1 and 100";
 const BAD_OFFSET: &str = "offset: Your pagination token is invalid or has expired";
+/// Message text assumed: Asana documents 404 for unknown objects, not the wording.
+const USER_NOT_FOUND: &str = "user: Not Found";
 const SERVER_ERROR_PHRASE: &str = "6 sad squid snuggle softly";
 /// Maximum page size the API accepts.
 const MAX_LIMIT: u32 = 100;
@@ -86,7 +91,13 @@ pub(super) async fn not_found(
 ) -> Response {
     let arrived = Utc::now();
     let response = error(StatusCode::NOT_FOUND, "Not Found");
-    sim.record_request(arrived, bearer_token(&headers), &uri, &response);
+    sim.record_request(
+        Endpoint::Other,
+        arrived,
+        bearer_token(&headers),
+        &uri,
+        &response,
+    );
     response
 }
 
@@ -107,8 +118,36 @@ pub(super) async fn audit_log_events(
         Ok(Query(params)) => sim.audit(&workspace, &params, token, host).await,
         Err(rejection) => error(StatusCode::BAD_REQUEST, &rejection.body_text()),
     };
-    sim.record_request(arrived, token, &uri, &response);
+    sim.record_request(Endpoint::AuditLogEvents, arrived, token, &uri, &response);
     response
+}
+
+/// `GET /api/1.0/users/{user_gid}`: a gid, an email or `me`. Same authentication, rate limits
+/// and injected faults as the audit endpoint.
+pub(super) async fn user(
+    State(sim): State<Arc<Simulator>>,
+    Path(user_gid): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let arrived = Utc::now();
+    let token = bearer_token(&headers);
+    let response = match sim.admit(token).await {
+        Ok(_permit) => sim.user_record(&user_gid),
+        Err(response) => response,
+    };
+    sim.record_request(Endpoint::Users, arrived, token, &uri, &response);
+    response
+}
+
+/// Which API endpoint a request went to, as counted in `/_sim/stats` (`by_endpoint`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum Endpoint {
+    AuditLogEvents,
+    Users,
+    /// Unknown paths.
+    Other,
 }
 
 fn bearer_token(headers: &HeaderMap) -> Option<&str> {
@@ -300,6 +339,23 @@ impl Simulator {
         token: Option<&str>,
         host: &str,
     ) -> Response {
+        let _permit = match self.admit(token).await {
+            Ok(permit) => permit,
+            Err(response) => return response,
+        };
+        let Some(workspace) = self.workspace(workspace) else {
+            return error(StatusCode::NOT_FOUND, "workspace: Not Found");
+        };
+        match parse_request(params).and_then(|request| self.page(workspace, &request, host)) {
+            Ok(body) => self.respond(body),
+            Err(err) => err.into_response(),
+        }
+    }
+
+    /// What every API request goes through before its endpoint's work: authentication, the
+    /// rate limit, injected 429s, the concurrency cap, latency and injected server errors.
+    /// The permit holds the request's in-flight slot; keep it until the response is built.
+    async fn admit(self: &Arc<Self>, token: Option<&str>) -> Result<Permit, Response> {
         let arrived = Instant::now();
         if let Some(token) = token {
             if self.limiter.note_arrival(token, arrived) {
@@ -309,13 +365,10 @@ impl Simulator {
                 );
             }
         }
-        let token = match self.authorise(token) {
-            Ok(token) => token,
-            Err(err) => return err.into_response(),
-        };
+        let token = self.authorise(token).map_err(IntoResponse::into_response)?;
         if let Err(retry_after_secs) = self.limiter.admit(token, arrived) {
             debug!(token_suffix = %token_suffix(token), retry_after_secs, "rate limit exceeded");
-            return too_many_requests(retry_after_secs);
+            return Err(too_many_requests(retry_after_secs));
         }
         let (forced_limit, latency) = {
             let mut state = lock(&self.faults);
@@ -329,26 +382,42 @@ impl Simulator {
             let retry_after_secs = retry_after_secs.max(1);
             self.limiter.told_to_wait(token, arrived, retry_after_secs);
             debug!(retry_after_secs, "injected rate limit");
-            return too_many_requests(retry_after_secs);
+            return Err(too_many_requests(retry_after_secs));
         }
-        let Some(_permit) = self.limiter.acquire(token, arrived) else {
+        let Some(permit) = self.limiter.acquire(token, arrived) else {
             debug!(token_suffix = %token_suffix(token), "concurrency limit exceeded");
-            return too_many_requests(1);
+            return Err(too_many_requests(1));
         };
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }
         if let Some(status) = self.injected_status() {
             debug!(status = status.as_u16(), "injected server error");
-            return injected_failure(status);
+            return Err(injected_failure(status));
         }
-        let Some(workspace) = self.workspace(workspace) else {
-            return error(StatusCode::NOT_FOUND, "workspace: Not Found");
+        Ok(permit)
+    }
+
+    /// The body of `GET /users/{user_gid}`, or Asana's 404 for an unknown or deleted user.
+    fn user_record(&self, user_gid: &str) -> Response {
+        let user = if user_gid == "me" {
+            Some(SERVICE_ACCOUNT)
+        } else {
+            find_user(user_gid).filter(|u| !self.deleted_users.contains(u.gid))
         };
-        match parse_request(params).and_then(|request| self.page(workspace, &request, host)) {
-            Ok(body) => self.respond(body),
-            Err(err) => err.into_response(),
-        }
+        let Some(user) = user else {
+            debug!(user_gid, "unknown or deleted user");
+            return error(StatusCode::NOT_FOUND, USER_NOT_FOUND);
+        };
+        let body = json!({
+            "data": {
+                "gid": user.gid,
+                "resource_type": "user",
+                "name": user.name,
+                "email": user.email,
+            }
+        });
+        self.respond(serde_json::to_vec(&body).expect("user serialises"))
     }
 
     /// The authenticated service-account token, or the 401/403 response.
@@ -548,6 +617,7 @@ impl Simulator {
 
     pub(super) fn record_request(
         &self,
+        endpoint: Endpoint,
         arrived: DateTime<Utc>,
         token: Option<&str>,
         uri: &Uri,
@@ -571,6 +641,12 @@ impl Simulator {
             let mut counters = lock(&self.counters);
             counters.total_requests += 1;
             *counters.by_status.entry(status).or_default() += 1;
+            *counters
+                .by_endpoint
+                .entry(endpoint)
+                .or_default()
+                .entry(status)
+                .or_default() += 1;
         }
         let mut requests = lock(&self.requests);
         if requests.len() == REQUEST_LOG_CAPACITY {

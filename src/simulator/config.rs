@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use super::anaplan::AnaplanSimArgs;
 use super::Faults;
 
 /// Everything that shapes a simulator instance. Two instances with equal `seed`, `epoch`,
@@ -20,6 +21,9 @@ pub struct SimConfig {
     pub tokens: Vec<String>,
     /// Valid tokens that are not service accounts: they get 403.
     pub non_service_tokens: Vec<String>,
+    /// Gids of users that still appear in events but are deleted: `GET /users/{gid}` gives
+    /// 404 for them.
+    pub deleted_users: Vec<String>,
     /// End of the backlog and start of live events.
     pub epoch: DateTime<Utc>,
     /// Events per workspace spread evenly over `backlog_span`, ending at `epoch`.
@@ -60,6 +64,7 @@ impl fmt::Debug for SimConfig {
             .field("workspaces", &self.workspaces)
             .field("tokens", &Redacted(&self.tokens))
             .field("non_service_tokens", &Redacted(&self.non_service_tokens))
+            .field("deleted_users", &self.deleted_users)
             .field("epoch", &self.epoch)
             .field("backlog", &self.backlog)
             .field("backlog_span", &self.backlog_span)
@@ -85,6 +90,7 @@ impl Default for SimConfig {
             workspaces: vec!["1200000000000000".to_string()],
             tokens: vec!["sim-token".to_string()],
             non_service_tokens: Vec::new(),
+            deleted_users: Vec::new(),
             epoch: Utc::now(),
             backlog: 1000,
             backlog_span: Duration::from_secs(3600),
@@ -135,6 +141,10 @@ pub struct SimArgs {
     /// Token that is valid but not a service account, answered with 403 (repeatable).
     #[arg(long = "non-service-token")]
     non_service_tokens: Vec<String>,
+    /// Gid of a user that appears in events but is deleted: `GET /users/{gid}` gives 404
+    /// (repeatable; the pool users are 1200000000100001 to 1200000000100050).
+    #[arg(long = "deleted-user")]
+    deleted_users: Vec<String>,
     /// Backlog events per workspace.
     #[arg(long = "events", default_value_t = 1000)]
     backlog: u64,
@@ -171,6 +181,9 @@ pub struct SimArgs {
     /// Share of pages that repeat an event of the previous page.
     #[arg(long, default_value_t = 0.0, value_parser = parse_probability)]
     duplicate_rate: f64,
+    // Boxed: it would double the size of the `simulate` command otherwise.
+    #[command(flatten)]
+    anaplan: Box<AnaplanSimArgs>,
 }
 
 /// Shows the resulting configuration, which redacts the tokens.
@@ -179,6 +192,7 @@ impl fmt::Debug for SimArgs {
         f.debug_struct("SimArgs")
             .field("listen", &self.listen)
             .field("config", &self.to_config())
+            .field("anaplan", &self.anaplan)
             .finish()
     }
 }
@@ -187,6 +201,11 @@ impl SimArgs {
     /// The address to bind.
     pub fn listen(&self) -> SocketAddr {
         self.listen
+    }
+
+    /// The `--anaplan-*` flags (the Anaplan simulator runs only with `--anaplan-listen`).
+    pub fn anaplan(&self) -> &AnaplanSimArgs {
+        &self.anaplan
     }
 
     /// The simulator configuration these flags describe (unset flags take the defaults of
@@ -205,6 +224,7 @@ impl SimArgs {
             workspaces: or_default(&self.workspaces, defaults.workspaces),
             tokens: or_default(&self.tokens, defaults.tokens),
             non_service_tokens: self.non_service_tokens.clone(),
+            deleted_users: self.deleted_users.clone(),
             epoch: self.epoch.unwrap_or(defaults.epoch),
             backlog: self.backlog,
             backlog_span: self.backlog_span,
@@ -276,5 +296,28 @@ mod tests {
             .to_config();
         assert_eq!(config.tokens, ["secret-one"]);
         assert!(!format!("{config:?}").contains("secret-one"));
+
+        let cli = Cli::try_parse_from(["simulate"]).unwrap();
+        assert_eq!(cli.sim.anaplan().listen(), None);
+        let cli = Cli::try_parse_from([
+            "simulate",
+            "--seed",
+            "9",
+            "--anaplan-listen",
+            "127.0.0.1:9001",
+            "--anaplan-token-ttl",
+            "2s",
+            "--anaplan-events",
+            "7",
+        ])
+        .unwrap();
+        let anaplan = cli.sim.anaplan();
+        assert_eq!(anaplan.listen(), Some("127.0.0.1:9001".parse().unwrap()));
+        let config = cli.sim.to_config();
+        let anaplan = anaplan.to_config(config.seed, config.epoch);
+        assert_eq!(anaplan.seed, 9);
+        assert_eq!(anaplan.backlog, 7);
+        assert_eq!(anaplan.token_ttl, Duration::from_secs(2));
+        assert_eq!(anaplan.epoch, config.epoch);
     }
 }

@@ -13,12 +13,12 @@ use std::sync::LazyLock;
 use chrono::{DateTime, SecondsFormat};
 use serde::Serialize;
 
-/// Stateless-seeded SplitMix64 stream.
+/// Stateless-seeded SplitMix64 stream (also used by the Anaplan simulator).
 #[derive(Debug, Clone)]
-struct DetRng(u64);
+pub(crate) struct DetRng(u64);
 
 /// SplitMix64 finaliser: a bijective 64-bit mixer with good avalanche.
-fn mix64(mut z: u64) -> u64 {
+pub(crate) fn mix64(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
@@ -33,29 +33,29 @@ pub(crate) fn string_key(s: &str) -> u64 {
 }
 
 impl DetRng {
-    fn new(parts: &[u64]) -> Self {
+    pub(crate) fn new(parts: &[u64]) -> Self {
         let state = parts
             .iter()
             .fold(0x6A09_E667_F3BC_C908_u64, |acc, &p| mix64(acc ^ p));
         Self(state)
     }
 
-    fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         mix64(self.0)
     }
 
     /// Uniform value in `0..n` (`n > 0`); the modulo bias is irrelevant for fake data.
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next_u64() % n
     }
 
     /// True with probability `percent`/100.
-    fn chance(&mut self, percent: u64) -> bool {
+    pub(crate) fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
     }
 
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+    pub(crate) fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
         // Slices here are small constant tables, so the cast cannot truncate.
         &items[self.below(items.len() as u64) as usize]
     }
@@ -427,6 +427,35 @@ static USERS: LazyLock<Vec<User>> = LazyLock::new(|| {
 fn user(index: u64) -> &'static User {
     &USERS[index as usize]
 }
+
+/// A user as `GET /users/{user_gid}` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct UserRecord {
+    pub(crate) gid: &'static str,
+    pub(crate) name: &'static str,
+    pub(crate) email: &'static str,
+}
+
+/// The pool user with this gid or email (the forms `GET /users/{user_gid}` accepts besides
+/// `me`). Every user that can appear as an actor or a resource is in the pool.
+pub(crate) fn find_user(gid_or_email: &str) -> Option<UserRecord> {
+    USERS
+        .iter()
+        .find(|u| u.gid == gid_or_email || u.email.eq_ignore_ascii_case(gid_or_email))
+        .map(|u| UserRecord {
+            gid: &u.gid,
+            name: &u.name,
+            email: &u.email,
+        })
+}
+
+/// The user behind the simulator's service-account tokens (`GET /users/me`); not in the pool,
+/// so it never appears in events.
+pub(crate) const SERVICE_ACCOUNT: UserRecord = UserRecord {
+    gid: "1200000000099999",
+    name: "SIEM export bot",
+    email: "siem-export-bot@example.com",
+};
 
 /// Who performed an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -199,7 +199,10 @@ pub(crate) fn roll(rate: f64) -> bool {
     rate > 0.0 && rand::rng().random_bool(rate.min(1.0))
 }
 
-fn serialize_duration<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn serialize_duration<S: Serializer>(
+    value: &Duration,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&humantime::format_duration(*value).to_string())
 }
 
@@ -220,11 +223,13 @@ impl DurationInput {
     }
 }
 
-fn deserialize_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+pub(crate) fn deserialize_duration<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Duration, D::Error> {
     DurationInput::deserialize(deserializer)?.into_duration()
 }
 
-fn deserialize_optional_duration<'de, D: Deserializer<'de>>(
+pub(crate) fn deserialize_optional_duration<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<Duration>, D::Error> {
     Option::<DurationInput>::deserialize(deserializer)?

@@ -3,7 +3,11 @@
 //!
 //! It serves `GET /api/1.0/workspaces/{workspace_gid}/audit_log_events` with Asana's
 //! authentication, filters, signed offsets, streaming `next_page` rule, 90-day retention, rate
-//! limits and error bodies, plus injectable faults.
+//! limits and error bodies, plus injectable faults; and `GET /api/1.0/users/{user_gid}` (a gid,
+//! an email or `me`) for enrichment, with the same authentication, limits and faults: every
+//! user that appears in events resolves, except the configured deleted users (404).
+//!
+//! The fake Anaplan APIs live in [`anaplan`].
 //!
 //! Events are a pure function of the seed, the workspace and the event's index (see the
 //! `events` and `timeline` modules), so a restart with the same seed and epoch serves the same
@@ -12,7 +16,8 @@
 //!
 //! Admin endpoints (not part of Asana's API, not counted in the statistics):
 //!
-//! - `GET /_sim/stats`: request counts by status, `early_requests`, visible events per
+//! - `GET /_sim/stats`: request counts by status and by endpoint and status (`by_endpoint`,
+//!   keys `audit_log_events`, `users`, `other`), `early_requests`, visible events per
 //!   workspace and fault counters.
 //! - `GET /_sim/events?workspace=GID`: `{"gids": [...]}`, every visible valid event in stream
 //!   order (the first workspace if `workspace` is omitted).
@@ -21,6 +26,7 @@
 //! - `GET /_sim/requests?limit=N`: the last N (default 100) requests to the Asana API.
 
 mod admin;
+pub mod anaplan;
 mod api;
 mod config;
 mod events;
@@ -82,6 +88,8 @@ struct Workspace {
 struct Counters {
     total_requests: u64,
     by_status: BTreeMap<u16, u64>,
+    /// Requests per endpoint (`audit_log_events`, `users`, `other`) and status.
+    by_endpoint: BTreeMap<api::Endpoint, BTreeMap<u16, u64>>,
     pages_served: u64,
     events_served: u64,
     truncated_responses: u64,
@@ -118,6 +126,7 @@ pub struct Simulator {
     workspaces: Vec<Workspace>,
     tokens: HashSet<String>,
     non_service_tokens: HashSet<String>,
+    deleted_users: HashSet<String>,
     faults: Mutex<FaultState>,
     offsets: Mutex<OffsetClock>,
     limiter: Arc<Limiter>,
@@ -166,6 +175,7 @@ impl Simulator {
             workspaces,
             tokens: config.tokens.iter().cloned().collect(),
             non_service_tokens: config.non_service_tokens.iter().cloned().collect(),
+            deleted_users: config.deleted_users.iter().cloned().collect(),
             faults: Mutex::new(FaultState::new(config.faults.clone())),
             offsets: Mutex::new(OffsetClock::default()),
             limiter: Arc::new(Limiter::new(
@@ -185,6 +195,7 @@ impl Simulator {
                 "/api/1.0/workspaces/{workspace_gid}/audit_log_events",
                 get(api::audit_log_events),
             )
+            .route("/api/1.0/users/{user_gid}", get(api::user))
             .route("/_sim/stats", get(admin::stats))
             .route("/_sim/events", get(admin::events))
             .route(

@@ -728,3 +728,105 @@ fn events_have_the_full_asana_shape() {
     }
     assert!(!seen.contains("bad name"));
 }
+
+#[tokio::test]
+async fn users_endpoint_resolves_actors_and_hides_deleted_users() {
+    const DELETED: &str = "1200000000100002";
+    let mut config = config(300);
+    config.deleted_users = vec![DELETED.to_string()];
+    config.non_service_tokens = vec!["human-token".to_string()];
+    let h = start(config).await;
+    let user = |gid: &str, token: Option<&str>| {
+        let mut request = h.client.get(format!("{}/api/1.0/users/{gid}", h.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+
+    // Every user actor of the stream resolves to the same name and email as in the event.
+    let page = h.page(&[("limit", "100")]).await;
+    let mut actors = HashSet::new();
+    for event in page["data"].as_array().unwrap() {
+        let actor = &event["actor"];
+        let Some(gid) = actor["gid"].as_str() else {
+            continue;
+        };
+        if gid == DELETED || !actors.insert(gid.to_string()) {
+            continue;
+        }
+        let (status, body) = user(gid, Some(TOKEN)).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body,
+            json!({ "data": {
+                "gid": gid,
+                "resource_type": "user",
+                "name": actor["name"],
+                "email": actor["email"],
+            }})
+        );
+    }
+    assert!(actors.len() > 5, "{actors:?}");
+
+    let (status, body) = user("greg.sanchez@example.com", Some(TOKEN)).await;
+    assert_eq!(
+        (status, body["data"]["gid"].as_str()),
+        (200, Some("1200000000100001"))
+    );
+    let (status, body) = user("me", Some(TOKEN)).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["data"]["resource_type"], "user");
+    for gid in [DELETED, "1200000000999999", "nobody"] {
+        let (status, body) = user(gid, Some(TOKEN)).await;
+        assert_eq!(status, 404, "{gid}");
+        assert_eq!(
+            body,
+            json!({ "errors": [{ "message": "user: Not Found" }] })
+        );
+    }
+    assert_eq!(user("me", None).await.0, 401);
+    assert_eq!(user("me", Some("human-token")).await.0, 403);
+    h.faults(json!({ "fail_next": 1, "fail_status": 503 }))
+        .await;
+    assert_eq!(user("me", Some(TOKEN)).await.0, 503);
+
+    let stats = h.admin_get("/_sim/stats").await;
+    let users = &stats["by_endpoint"]["users"];
+    assert_eq!(users["200"].as_u64().unwrap(), actors.len() as u64 + 2);
+    assert_eq!(users["404"], 3);
+    assert_eq!(users["401"], 1);
+    assert_eq!(users["403"], 1);
+    assert_eq!(users["503"], 1);
+    assert_eq!(stats["by_endpoint"]["audit_log_events"]["200"], 1);
+}
+
+#[tokio::test]
+async fn users_endpoint_shares_the_rate_limit() {
+    let mut config = config(5);
+    config.rate_limit_per_minute = 2;
+    let h = start(config).await;
+    assert_eq!(h.get(&[]).await.0, 200);
+    let response = h
+        .client
+        .get(format!("{}/api/1.0/users/me", h.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let response = h
+        .client
+        .get(format!("{}/api/1.0/users/me", h.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    assert!(response.headers().contains_key("retry-after"));
+    assert_eq!(h.get(&[]).await.0, 429);
+}

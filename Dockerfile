@@ -49,10 +49,12 @@ RUN install -d -m 0700 -o 65532 -g 65532 /out/var/lib/auditrelay
 # explicit and numeric (Kubernetes runAsNonRoot can only verify a number).
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /out/usr/local/bin/auditrelay /usr/local/bin/auditrelay
-COPY --from=build --chown=65532:65532 --chmod=0700 /out/var/lib/auditrelay /var/lib/auditrelay
+# Owner 65532, mode 0700 (from the build stage).
+COPY --from=build --chown=65532:65532 /out/var/lib/auditrelay /var/lib/auditrelay
 COPY deploy/container.toml /etc/auditrelay/auditrelay.toml
 USER 65532:65532
-WORKDIR /var/lib/auditrelay
+# Nothing depends on the working directory (tests run it from /).
+WORKDIR /
 VOLUME ["/var/lib/auditrelay"]
 # /metrics, /healthz, /readyz ([http] listen in the config).
 EXPOSE 9464

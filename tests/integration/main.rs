@@ -7,6 +7,7 @@ mod cli;
 mod config_errors;
 mod delivery;
 mod demo;
+mod deploy;
 mod faults;
 mod kafka;
 mod operations;

@@ -14,3 +14,11 @@ CREATE TABLE component_health (
     updated_at           INTEGER NOT NULL,
     PRIMARY KEY (role, id)
 ) WITHOUT ROWID;
+
+-- Running total of payload bytes in seq order, so a sink's backlog in
+-- bytes is the difference of two rows' totals instead of a scan of every
+-- payload (a sink that is down may be a million events behind).
+ALTER TABLE outbox ADD COLUMN cum_bytes INTEGER NOT NULL DEFAULT 0;
+UPDATE outbox SET cum_bytes = totals.cum
+FROM (SELECT seq, SUM(octet_length(payload)) OVER (ORDER BY seq) AS cum FROM outbox) AS totals
+WHERE totals.seq = outbox.seq;

@@ -52,6 +52,9 @@ pub struct Reload {
 /// it is stopped mid-batch (the batch then stays in the outbox).
 const RETIRE_GRACE: Duration = Duration::from_secs(30);
 
+/// Added to a restart wait's heartbeat deadline.
+const RESTART_SLACK: Duration = Duration::from_secs(30);
+
 /// Runs until `shutdown` is cancelled, then drains and returns.
 pub async fn run(
     config: Config,
@@ -79,7 +82,7 @@ pub async fn run(
         let endpoint = crate::http::Endpoint {
             metrics: Arc::clone(&metrics),
             health: Arc::clone(&health),
-            state: state.clone(),
+            state: crate::state::StateProbe::new(&path),
         };
         let stop = background.clone();
         services.push(tokio::spawn(async move {
@@ -132,6 +135,7 @@ pub async fn run(
     if let Some(timeout) = notifier.watchdog_timeout() {
         services.push(tokio::spawn(observe::watchdog(
             observer.clone(),
+            crate::state::StateProbe::new(&path),
             timeout,
             background.clone(),
         )));
@@ -187,6 +191,7 @@ struct RunningSource {
 struct RunningSink {
     config: SinkConfig,
     retire: CancellationToken,
+    restart_stop: CancellationToken,
     hard: CancellationToken,
     task: JoinHandle<Option<sink::Stopped>>,
 }
@@ -245,7 +250,7 @@ impl Daemon {
             state: self.state.clone(),
             stored: Arc::clone(&self.stored_tx),
             shutdown: stop.clone(),
-            max_outbox_events: self.config.state.max_outbox_events,
+            max_outbox_events: Arc::clone(&self.outbox_limit),
             dedup_window: self.config.state.dedup_window,
             metrics: metrics.clone(),
             health: Arc::clone(&component),
@@ -286,17 +291,24 @@ impl Daemon {
             Some(previous) => component.restore(previous.record()),
             None => self.restore(Role::Source, &id, &component).await,
         }
-        self.health.insert(component);
+        self.health.insert(Arc::clone(&component));
         lock(&self.topology).add_source(&id, config.retention(), metrics);
         let task = tokio::spawn({
             let stop = stop.clone();
+            let component = Arc::clone(&component);
             async move {
-                supervise("source", config_id(&source), stop, move || {
-                    // Called again after a failure: the run starts over
-                    // from the stored cursor.
-                    let source = Arc::clone(&source);
-                    async move { source.run().await }
-                })
+                supervise(
+                    "source",
+                    config_id(&source),
+                    stop,
+                    Some(component),
+                    move || {
+                        // Called again after a failure: the run starts over
+                        // from the stored cursor.
+                        let source = Arc::clone(&source);
+                        async move { source.run().await }
+                    },
+                )
                 .await;
             }
         });
@@ -353,6 +365,9 @@ impl Daemon {
             .insert(id.clone(), sink_metrics.clone());
         let retire = CancellationToken::new();
         let hard = self.hard_stop.child_token();
+        // Ends a restart wait on a retire as well as on a hard stop.
+        let restart_stop = hard.child_token();
+        let restart_stop_for_task = restart_stop.clone();
         let ctx = SinkContext {
             state: self.state.clone(),
             stored: self.stored_rx.clone(),
@@ -361,16 +376,23 @@ impl Daemon {
             shutdown: self.shutdown.clone(),
             retire: retire.clone(),
             metrics: sink_metrics,
-            health: component,
+            health: Arc::clone(&component),
+            delivery_bound: config.delivery_bound(),
         };
         let task_config = config.clone();
-        let stop = hard.clone();
+        let task_component = Arc::clone(&component);
         let task = tokio::spawn(async move {
-            supervise("sink", task_config.id.clone(), stop, move || {
-                // Each run, the first or one after a failure, builds its
-                // destination anew.
-                sink::run(task_config.clone(), sink::build(&task_config), ctx.clone())
-            })
+            supervise(
+                "sink",
+                task_config.id.clone(),
+                restart_stop_for_task,
+                Some(task_component),
+                move || {
+                    // Each run, the first or one after a failure, builds its
+                    // destination anew.
+                    sink::run(task_config.clone(), sink::build(&task_config), ctx.clone())
+                },
+            )
             .await
         });
         self.sinks.insert(
@@ -378,6 +400,7 @@ impl Daemon {
             RunningSink {
                 config,
                 retire,
+                restart_stop,
                 hard,
                 task,
             },
@@ -390,6 +413,7 @@ impl Daemon {
     async fn stop_sink(&mut self, id: &str, forget: bool) {
         if let Some(mut running) = self.sinks.remove(id) {
             running.retire.cancel();
+            running.restart_stop.cancel();
             if tokio::time::timeout(RETIRE_GRACE, &mut running.task)
                 .await
                 .is_err()
@@ -448,38 +472,52 @@ impl Daemon {
         };
         // New sources are built before anything stops, so a source that
         // cannot be built rejects the reload with the old one still running.
-        let mut built = Vec::new();
-        let keep_state = (
-            self.config.state.max_outbox_events,
-            self.config.state.dedup_window,
-        );
-        self.config.state.max_outbox_events = new.state.max_outbox_events;
+        let mut built: Vec<BuiltSource> = Vec::new();
+        // Every source is built with the dedup window: a new one restarts
+        // them all.
+        let dedup_changed = new.state.dedup_window != self.config.state.dedup_window;
+        let keep_dedup = self.config.state.dedup_window;
         self.config.state.dedup_window = new.state.dedup_window;
-        self.outbox_limit
-            .store(new.state.max_outbox_events, Ordering::Relaxed);
         for source in &new.sources {
             let id = source.id();
             let is_new = !self.sources.contains_key(id);
-            if is_new || changed(format!("sources.{id}"), &self.config, &new) {
+            if is_new || dedup_changed || changed(format!("sources.{id}"), &self.config, &new) {
                 match self.build_source(source) {
                     Ok(source) => built.push(source),
                     Err(error) => {
                         tracing::error!(source = %id, error = %format!("{error:#}"), "reload rejected: cannot build the source; the running configuration stays in force");
-                        (
-                            self.config.state.max_outbox_events,
-                            self.config.state.dedup_window,
-                        ) = keep_state;
+                        self.config.state.dedup_window = keep_dedup;
+                        // Building created series for sources that do not
+                        // run; drop them again.
+                        for config in built.iter().map(|b| &b.config).chain([source]) {
+                            if !self.sources.contains_key(config.id()) {
+                                self.metrics.remove_source(config.id(), config.kind());
+                            }
+                        }
                         self.metrics.reload(false);
                         return;
                     }
                 }
             }
         }
+        // Sources read the limit at each check: it applies at once.
+        self.config.state.max_outbox_events = new.state.max_outbox_events;
+        self.outbox_limit
+            .store(new.state.max_outbox_events, Ordering::Relaxed);
 
         let mut summary = ReloadSummary::default();
         // Sinks first: a source restarted below must find its new sinks.
         let new_sink_ids: Vec<&str> = new.sinks.iter().map(|s| s.id.as_str()).collect();
         let running: Vec<String> = self.sinks.keys().cloned().collect();
+        // Every sink that goes or changes is told at once, so they finish
+        // their batches side by side rather than one after another.
+        for (id, sink) in &self.sinks {
+            let key = format!("sinks.{id}");
+            if !new_sink_ids.contains(&id.as_str()) || changed(key, &self.config, &new) {
+                sink.retire.cancel();
+                sink.restart_stop.cancel();
+            }
+        }
         for id in &running {
             if !new_sink_ids.contains(&id.as_str()) {
                 self.stop_sink(id, true).await;
@@ -489,14 +527,26 @@ impl Daemon {
         for sink in &new.sinks {
             let key = format!("sinks.{}", sink.id);
             if self.sinks.contains_key(&sink.id) && changed(key.clone(), &self.config, &new) {
+                let old_kind = self.sinks[&sink.id].config.kind.name();
                 self.stop_sink(&sink.id, false).await;
+                if old_kind != sink.kind.name() {
+                    // Series labelled with the old kind would stand still.
+                    self.metrics.remove_sink(&sink.id, old_kind);
+                }
                 summary.changed.push(key);
             } else if !self.sinks.contains_key(&sink.id) {
                 summary.added.push(key);
             }
         }
-        if let Err(error) = self.register_sinks(&new.sinks).await {
-            tracing::error!(error = %error, "recording the new sinks in the state file failed");
+        // The old sinks are stopped already: there is no going back, so
+        // this is retried until it holds (or the process stops).
+        let mut backoff = Backoff::new(BackoffPolicy::default());
+        while let Err(error) = self.register_sinks(&new.sinks).await {
+            let wait = backoff.next_delay();
+            tracing::error!(error = %error, retry_in_ms = wait.as_millis() as u64, "recording the new sinks in the state file failed; retrying");
+            if !sleep_or_cancel(wait, &self.shutdown).await {
+                return;
+            }
         }
         for sink in &new.sinks {
             if !self.sinks.contains_key(&sink.id) {
@@ -615,6 +665,7 @@ async fn supervise<F, Fut, T>(
     what: &'static str,
     id: String,
     stop: CancellationToken,
+    component: Option<Arc<crate::health::Component>>,
     mut task: F,
 ) -> Option<T>
 where
@@ -640,6 +691,12 @@ where
             },
         };
         let wait = backoff.next_delay();
+        if let Some(component) = &component {
+            // The wait is a promise too, or the watchdog would take a
+            // restarting task for a hung one and kill the whole process.
+            component.failed(&error);
+            component.beat("restarting after a failure", wait + RESTART_SLACK);
+        }
         tracing::error!(
             task = what,
             id = %id,
@@ -670,16 +727,22 @@ mod tests {
     async fn a_panicking_task_is_restarted() {
         let runs = Arc::new(AtomicU32::new(0));
         let counter = Arc::clone(&runs);
-        let done = supervise("test", "t".into(), CancellationToken::new(), move || {
-            let counter = Arc::clone(&counter);
-            async move {
-                match counter.fetch_add(1, Ordering::SeqCst) {
-                    0 => panic!("boom"),
-                    1 => Err(StateError::Task("disk full".into())),
-                    n => Ok(n),
+        let done = supervise(
+            "test",
+            "t".into(),
+            CancellationToken::new(),
+            None,
+            move || {
+                let counter = Arc::clone(&counter);
+                async move {
+                    match counter.fetch_add(1, Ordering::SeqCst) {
+                        0 => panic!("boom"),
+                        1 => Err(StateError::Task("disk full".into())),
+                        n => Ok(n),
+                    }
                 }
-            }
-        })
+            },
+        )
         .await;
         assert_eq!(done, Some(2));
         assert_eq!(runs.load(Ordering::SeqCst), 3);
@@ -689,10 +752,50 @@ mod tests {
     async fn stop_ends_the_retries() {
         let stop = CancellationToken::new();
         stop.cancel();
-        let done: Option<()> = supervise("test", "t".into(), stop, || async {
+        let done: Option<()> = supervise("test", "t".into(), stop, None, || async {
             Err(StateError::Task("always".into()))
         })
         .await;
         assert_eq!(done, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restart_wait_is_announced_to_the_watchdog() {
+        let health = Health::new();
+        let component = health.register(Role::Source, "s", "asana", Duration::ZERO, vec![]);
+        // The task promised to be done at once, then failed.
+        component.beat("fetching a page", Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(health.overdue().len(), 1);
+        let stop = CancellationToken::new();
+        let runs = Arc::new(AtomicU32::new(0));
+        let counter = Arc::clone(&runs);
+        let task = tokio::spawn(supervise(
+            "test",
+            "s".into(),
+            stop.clone(),
+            Some(component),
+            move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+                async { Err::<(), _>(StateError::Task("disk full".into())) }
+            },
+        ));
+        while runs.load(Ordering::SeqCst) < 3 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Waiting to restart, the task is not overdue, and the failure is
+        // recorded for /readyz and status.
+        assert!(health.overdue().is_empty());
+        let record = health.get(Role::Source, "s").unwrap().record();
+        assert!(
+            record
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("disk full")),
+            "{record:?}"
+        );
+        assert!(record.consecutive_failures >= 2);
+        stop.cancel();
+        assert_eq!(task.await.unwrap(), None);
     }
 }

@@ -208,9 +208,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let path = config.state.path.clone();
             let (observation, running) = tokio::task::spawn_blocking(move || {
                 let observation = StateDb::open_read_only(&path)?.observe()?;
-                // The lock is held by a running daemon; taking it here
-                // (and dropping it at once) means none runs.
-                let running = StateLock::acquire(&path).is_err();
+                let running = StateLock::is_held(&path);
                 Ok::<_, crate::state::StateError>((observation, running))
             })
             .await??;

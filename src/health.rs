@@ -101,6 +101,7 @@ impl Health {
             activity: Mutex::new("starting"),
             state: Mutex::new(ComponentRecord::new(role.as_str(), id, kind)),
             dirty: std::sync::atomic::AtomicBool::new(true),
+            succeeded_here: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -188,6 +189,9 @@ pub struct Component {
     activity: Mutex<&'static str>,
     state: Mutex<ComponentRecord>,
     dirty: std::sync::atomic::AtomicBool,
+    /// A success in this process (a stored one from before a restart does
+    /// not make a source ready).
+    succeeded_here: std::sync::atomic::AtomicBool,
 }
 
 impl Component {
@@ -234,6 +238,7 @@ impl Component {
         state.last_success_at = Some(unix_ms_now());
         state.consecutive_failures = 0;
         self.dirty.store(true, Ordering::Relaxed);
+        self.succeeded_here.store(true, Ordering::Relaxed);
     }
 
     /// A poll reached the end of the stream: everything up to now is read.
@@ -267,10 +272,13 @@ impl Component {
             .as_deref()
             .map(|e| format!("; last error: {e}"))
             .unwrap_or_default();
+        let doing = *lock(&self.activity);
+        let last_error = format!("{last_error}; now: {doing}");
         let problem = match self.role {
             Role::Source => {
                 let limit = i64::try_from(self.ready_within.as_millis()).unwrap_or(i64::MAX);
-                match record.last_success_at {
+                let here = self.succeeded_here.load(Ordering::Relaxed);
+                match record.last_success_at.filter(|_| here) {
                     None => Some(format!("no successful poll yet{last_error}")),
                     Some(at) if now_ms.saturating_sub(at) > limit => Some(format!(
                         "no successful poll for {}s{last_error}",
@@ -324,6 +332,10 @@ mod tests {
         let check = &health.readiness(now)[0];
         assert!(!check.ok);
         assert_eq!(check.component, "source/a");
+        assert_eq!(
+            check.problem.as_deref(),
+            Some("no successful poll yet; now: starting")
+        );
         source.failed("HTTP 503");
         let check = &health.readiness(now)[0];
         assert!(
@@ -340,6 +352,28 @@ mod tests {
             .as_deref()
             .unwrap()
             .contains("no successful poll for 1"));
+    }
+
+    #[test]
+    fn a_success_from_before_a_restart_does_not_make_a_source_ready() {
+        let health = Health::new();
+        let source = health.register(Role::Source, "a", "asana", Duration::from_secs(60), vec![]);
+        let mut stored = ComponentRecord::new("source", "a", "asana");
+        stored.last_success_at = Some(unix_ms_now());
+        source.restore(stored);
+        assert!(!health.readiness(unix_ms_now())[0].ok);
+        source.beat("paused: the outbox is full", Duration::from_secs(30));
+        let check = &health.readiness(unix_ms_now())[0];
+        assert!(
+            check
+                .problem
+                .as_deref()
+                .unwrap()
+                .ends_with("now: paused: the outbox is full"),
+            "{check:?}"
+        );
+        source.succeeded();
+        assert!(health.readiness(unix_ms_now())[0].ok);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::health::{Check, Health};
 use crate::metrics::Metrics;
-use crate::state::{unix_ms_now, SharedState};
+use crate::state::{unix_ms_now, StateProbe};
 
 /// How long `/readyz` waits for the state file to answer.
 const STATE_PING_TIMEOUT: Duration = Duration::from_secs(2);
@@ -26,7 +26,7 @@ const STATE_PING_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Endpoint {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
-    pub state: SharedState,
+    pub state: StateProbe,
 }
 
 /// Serves until `stop`.
@@ -74,15 +74,14 @@ pub struct Readiness {
 
 /// Readiness now: the state file first, then every component.
 pub async fn readiness(endpoint: &Endpoint) -> Readiness {
-    let state =
-        match tokio::time::timeout(STATE_PING_TIMEOUT, endpoint.state.call(|db| db.ping())).await {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(format!("the state file failed: {e}")),
-            Err(_) => Some(format!(
-                "the state file did not answer within {}s",
-                STATE_PING_TIMEOUT.as_secs()
-            )),
-        };
+    let state = match tokio::time::timeout(STATE_PING_TIMEOUT, endpoint.state.ping()).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(format!("the state file failed: {e}")),
+        Err(_) => Some(format!(
+            "the state file did not answer within {}s",
+            STATE_PING_TIMEOUT.as_secs()
+        )),
+    };
     let mut checks = vec![Check {
         component: "state".to_string(),
         ok: state.is_none(),
@@ -119,7 +118,9 @@ mod tests {
     #[tokio::test]
     async fn endpoints_answer_and_readyz_names_the_problem() {
         let dir = tempfile::tempdir().unwrap();
-        let state = SharedState::open(&dir.path().join("state.db")).unwrap();
+        let path = dir.path().join("state.db");
+        drop(crate::state::StateDb::open(&path).unwrap());
+        let state = StateProbe::new(&path);
         let metrics = Metrics::new();
         let health = Health::new();
         let source = health.register(Role::Source, "a", "asana", Duration::from_secs(60), vec![]);
@@ -151,7 +152,10 @@ mod tests {
         assert_eq!(json["checks"][0]["component"], "state");
         assert_eq!(json["checks"][0]["ok"], true);
         assert_eq!(json["checks"][1]["component"], "source/a");
-        assert_eq!(json["checks"][1]["problem"], "no successful poll yet");
+        assert_eq!(
+            json["checks"][1]["problem"],
+            "no successful poll yet; now: starting"
+        );
 
         source.succeeded();
         let (status, body) = get(addr, "/readyz").await;

@@ -253,7 +253,7 @@ impl Metrics {
         let snk = r.sub_registry_with_prefix("sink");
         snk.register(
             "events_sent",
-            "Events handed to the destination",
+            "Events handed to the destination, every attempt (retries included)",
             k.sent.clone(),
         );
         snk.register(

@@ -43,8 +43,9 @@ pub struct SourceContext {
     pub stored: Arc<watch::Sender<u64>>,
     /// Cancelled when the process should stop fetching.
     pub shutdown: CancellationToken,
-    /// Sources pause while the outbox holds this many events.
-    pub max_outbox_events: u64,
+    /// Sources pause while the outbox holds this many events (shared: a
+    /// reload changes it for every source at once).
+    pub max_outbox_events: Arc<std::sync::atomic::AtomicU64>,
     /// How long event ids stay in the dedup window.
     pub dedup_window: Duration,
     /// Its metrics.

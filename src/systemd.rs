@@ -82,9 +82,16 @@ impl Notifier {
         self.notify(&format!("STATUS={}", one_line(status)));
     }
 
-    /// A configuration reload began; [`Notifier::ready`] ends it.
+    /// A configuration reload began; [`Notifier::ready`] ends it. The
+    /// monotonic timestamp lets systemd (253+, `Type=notify-reload`) match
+    /// this notification to the reload it asked for.
     pub fn reloading(&self) {
-        self.notify("RELOADING=1\nSTATUS=reloading the configuration");
+        let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+        let usec = u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000
+            + u64::try_from(now.tv_nsec).unwrap_or(0) / 1_000;
+        self.notify(&format!(
+            "RELOADING=1\nMONOTONIC_USEC={usec}\nSTATUS=reloading the configuration"
+        ));
     }
 
     /// Shutdown began.
@@ -142,6 +149,29 @@ mod tests {
         assert_eq!(&buf[..n], b"READY=1\nSTATUS=2 sources ok");
         let n = listener.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"WATCHDOG=1");
+    }
+
+    #[test]
+    fn a_reload_carries_a_monotonic_timestamp() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let listener = UnixDatagram::bind(&path).unwrap();
+        listener
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let notifier = Notifier::from_vars(Some(path.into_os_string()), None, None);
+        notifier.reloading();
+        let mut buf = [0u8; 256];
+        let n = listener.recv(&mut buf).unwrap();
+        let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let mut lines = message.lines();
+        assert_eq!(lines.next(), Some("RELOADING=1"));
+        let usec: u64 = lines
+            .next()
+            .and_then(|l| l.strip_prefix("MONOTONIC_USEC="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{message}"));
+        assert!(usec > 0);
     }
 
     #[test]

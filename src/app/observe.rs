@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::health::Health;
 use crate::metrics::{Metrics, SinkMetrics, SourceMetrics};
 use crate::source::sleep_or_cancel;
-use crate::state::{unix_ms_now, Observation, SharedState};
+use crate::state::{unix_ms_now, Observation, SharedState, StateProbe};
 use crate::status::SourceFigures;
 use crate::systemd::Notifier;
 
@@ -148,6 +148,15 @@ impl Observer {
                 m.outbox_events.set(sink.events);
                 m.outbox_bytes.set(sink.bytes);
                 m.dead_letters.set(sink.dead_letters);
+                // Also after a restart, before the first delivery.
+                let acked = observation
+                    .health
+                    .iter()
+                    .find(|h| h.role == "sink" && h.id == sink.sink_id)
+                    .and_then(|h| h.last_success_at);
+                if let Some(at) = acked {
+                    m.last_ack.set(crate::metrics::unix_seconds(at));
+                }
             }
         }
     }
@@ -182,22 +191,31 @@ impl Observer {
     }
 }
 
-/// Feeds the systemd watchdog at half its timeout while every task is
-/// within its promised deadline and the state file answers; otherwise
-/// stops feeding it, so systemd restarts the process.
-pub(super) async fn watchdog(observer: Observer, timeout: Duration, stop: CancellationToken) {
-    let every = (timeout / 2).max(Duration::from_millis(100));
+/// Feeds the systemd watchdog at a quarter of its timeout while every task
+/// is within its promised deadline and the state file answers (on its own
+/// read-only connection, so a long write does not count); after two failed
+/// checks in a row it stops feeding it, so systemd restarts the process.
+pub(super) async fn watchdog(
+    observer: Observer,
+    probe: StateProbe,
+    timeout: Duration,
+    stop: CancellationToken,
+) {
+    let every = (timeout / 4).max(Duration::from_millis(50));
     tracing::info!(
         timeout_s = timeout.as_secs_f64(),
         "systemd watchdog enabled"
     );
+    let mut failed_in_a_row = 0u32;
     loop {
         let overdue = observer.health.overdue();
-        let state_ok = matches!(
-            tokio::time::timeout(every, observer.state.call(|db| db.ping())).await,
-            Ok(Ok(()))
-        );
-        if overdue.is_empty() && state_ok {
+        let state_ok = matches!(tokio::time::timeout(every, probe.ping()).await, Ok(Ok(())));
+        failed_in_a_row = if overdue.is_empty() && state_ok {
+            0
+        } else {
+            failed_in_a_row + 1
+        };
+        if failed_in_a_row < 2 {
             observer.notifier.watchdog();
         } else {
             for (component, activity, late) in &overdue {
@@ -349,7 +367,8 @@ mod tests {
             outbox_limit: Arc::new(AtomicU64::new(1)),
         };
         let stop = CancellationToken::new();
-        let task = tokio::spawn(watchdog(observer, timeout, stop.clone()));
+        let probe = StateProbe::new(&dir.path().join("state.db"));
+        let task = tokio::spawn(watchdog(observer, probe, timeout, stop.clone()));
         let received = |socket: &std::os::unix::net::UnixDatagram| {
             let mut buf = [0u8; 64];
             let mut messages = Vec::new();
@@ -358,7 +377,10 @@ mod tests {
             }
             messages
         };
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        // One miss is forgiven (a slow check), the second stops the feed.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(received(&socket).len() <= 1, "fed the watchdog while hung");
+        tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(received(&socket).is_empty(), "fed the watchdog while hung");
         source.beat("waiting for the next poll", Duration::from_secs(60));
         let mut fed = false;

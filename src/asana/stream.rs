@@ -67,6 +67,8 @@ impl AsanaSource {
     pub fn new(config: AsanaConfig, ctx: SourceContext) -> anyhow::Result<Self> {
         let client = AsanaClient::new(&config, ctx.metrics.clone())?;
         ctx.metrics.retention.set(RETENTION.as_secs_f64());
+        // A previous instance may have stopped while paused.
+        ctx.metrics.paused.set(0);
         Ok(Self {
             config,
             client,
@@ -412,11 +414,20 @@ impl AsanaSource {
     async fn wait_for_outbox_room(&self) -> Result<bool, StateError> {
         let mut warned = false;
         loop {
-            self.ctx
-                .health
-                .beat("checking the outbox depth", COMMIT_BOUND);
+            self.ctx.health.beat(
+                if warned {
+                    "paused: the outbox is full"
+                } else {
+                    "checking the outbox depth"
+                },
+                COMMIT_BOUND,
+            );
             let depth = self.ctx.state.call(|db| db.outbox_depth()).await?;
-            if u64::try_from(depth).unwrap_or(0) < self.ctx.max_outbox_events {
+            let limit = self
+                .ctx
+                .max_outbox_events
+                .load(std::sync::atomic::Ordering::Relaxed);
+            if u64::try_from(depth).unwrap_or(0) < limit {
                 if warned {
                     tracing::info!(source = %self.config.id, depth, "outbox has room again; resuming");
                     self.ctx.metrics.paused.set(0);
@@ -424,7 +435,7 @@ impl AsanaSource {
                 return Ok(true);
             }
             if !warned {
-                tracing::warn!(source = %self.config.id, depth, limit = self.ctx.max_outbox_events, "outbox full; pausing until sinks catch up");
+                tracing::warn!(source = %self.config.id, depth, limit, "outbox full; pausing until sinks catch up");
                 warned = true;
                 self.ctx.metrics.paused.set(1);
             }

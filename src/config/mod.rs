@@ -198,6 +198,18 @@ pub enum SinkKind {
 }
 
 impl SinkConfig {
+    /// The longest one delivery attempt can take when the destination is
+    /// slow but working: past it, the task counts as hung (watchdog).
+    pub fn delivery_bound(&self) -> Duration {
+        let own = match &self.kind {
+            // Queueing plus delivery.timeout.ms, and a record retried alone.
+            SinkKind::Kafka(kafka) => kafka.message_timeout * 2 + Duration::from_secs(60),
+            SinkKind::Syslog(syslog) => syslog.timeout + Duration::from_secs(60),
+            SinkKind::Stdout | SinkKind::File(_) => Duration::ZERO,
+        };
+        own.max(Duration::from_secs(600))
+    }
+
     /// The credentials it holds (Kafka properties may hold passwords).
     pub fn secrets(&self) -> Vec<&Secret> {
         match &self.kind {

@@ -87,14 +87,16 @@ pub struct SinkContext {
     pub retire: CancellationToken,
     pub metrics: SinkMetrics,
     pub health: Arc<Component>,
+    /// How long one delivery attempt may take before the task counts as
+    /// hung ([`SinkConfig::delivery_bound`]).
+    pub delivery_bound: Duration,
 }
 
 /// Idle wake-up even without a notification, a safety net only.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
-/// The longest one delivery attempt may take before the task counts as
-/// hung (every sink bounds its own I/O well below this).
-const DELIVERY_BOUND: Duration = Duration::from_secs(600);
+/// The longest reading the outbox (or replays) may take.
+const READ_BOUND: Duration = Duration::from_secs(120);
 
 /// Added to heartbeat deadlines for scheduling delays.
 const BEAT_SLACK: Duration = Duration::from_secs(30);
@@ -129,7 +131,7 @@ pub async fn run(
         }
         // Dead letters marked for replay go first (`auditrelay dlq replay`).
         let (sink_id, limit) = (id.clone(), config.batch_size);
-        ctx.health.beat("reading the outbox", DELIVERY_BOUND);
+        ctx.health.beat("reading the outbox", READ_BOUND);
         let replay = ctx
             .state
             .call(move |db| db.replay_batch(&sink_id, limit))
@@ -222,6 +224,7 @@ async fn deliver(
     ctx: &SinkContext,
     id: &str,
 ) -> Result<Delivered, Stopped> {
+    let bound = ctx.delivery_bound;
     let mut attempt = 0u64;
     loop {
         attempt += 1;
@@ -229,7 +232,7 @@ async fn deliver(
             ctx.metrics.retries.inc();
         }
         ctx.metrics.sent.inc_by(batch.len() as u64);
-        ctx.health.beat("delivering a batch", DELIVERY_BOUND);
+        ctx.health.beat("delivering a batch", bound);
         let delivered = tokio::select! {
             delivered = sink.deliver(batch) => delivered,
             // Unacknowledged: the batch stays where it is.

@@ -2,6 +2,9 @@
 //! component's last success and error (`component_health`), and the
 //! backlog figures behind `auditrelay status` and the metrics.
 
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 
@@ -141,15 +144,37 @@ impl StateDb {
         let progress = self.sink_progress()?;
         let mut sinks = Vec::with_capacity(progress.len());
         {
-            let mut backlog = self.conn.prepare_cached(
-                "SELECT COUNT(*), COALESCE(SUM(octet_length(payload)), 0) FROM outbox WHERE seq > ?1",
+            // Rows are contiguous in seq (AUTOINCREMENT, trimmed only from
+            // the front), so the backlog is an arithmetic on the first row
+            // after the sink's progress and the newest row: two lookups.
+            let newest: Option<(i64, i64)> = self
+                .conn
+                .query_row(
+                    "SELECT seq, cum_bytes FROM outbox ORDER BY seq DESC LIMIT 1",
+                    [],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()?;
+            let mut first_after = self.conn.prepare_cached(
+                "SELECT seq, cum_bytes - octet_length(payload) FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT 1",
             )?;
+            let mut backlog = |acked: i64| -> Result<(i64, i64), StateError> {
+                let Some((last_seq, last_cum)) = newest else {
+                    return Ok((0, 0));
+                };
+                let first: Option<(i64, i64)> = first_after
+                    .query_row([acked], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .optional()?;
+                Ok(match first {
+                    Some((seq, before)) => (last_seq - seq + 1, (last_cum - before).max(0)),
+                    None => (0, 0),
+                })
+            };
             let mut dead = self
                 .conn
                 .prepare_cached("SELECT COUNT(*) FROM dead_letter WHERE sink_id = ?1")?;
             for sink in progress {
-                let (events, bytes) =
-                    backlog.query_row([sink.acked_seq], |row| Ok((row.get(0)?, row.get(1)?)))?;
+                let (events, bytes) = backlog(sink.acked_seq)?;
                 let dead_letters = dead.query_row([&sink.sink_id], |row| row.get(0))?;
                 sinks.push(SinkBacklog {
                     sink_id: sink.sink_id,
@@ -194,5 +219,46 @@ impl ComponentRecord {
             consecutive_failures: 0,
             updated_at: unix_ms_now(),
         }
+    }
+}
+
+/// A read-only connection of its own, to check that the state file answers
+/// (for `/readyz` and the watchdog) without queueing behind the daemon's
+/// writes on the shared connection.
+#[derive(Debug, Clone)]
+pub struct StateProbe {
+    path: PathBuf,
+    conn: Arc<Mutex<Option<StateDb>>>,
+}
+
+impl StateProbe {
+    /// A probe of the state file at `path` (opened on first use).
+    pub fn new(path: &Path) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            conn: Arc::default(),
+        }
+    }
+
+    /// Reads from the file; an error drops the connection so the next ping
+    /// opens it again.
+    pub async fn ping(&self) -> Result<(), StateError> {
+        let probe = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = probe
+                .conn
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if conn.is_none() {
+                *conn = Some(StateDb::open_read_only(&probe.path)?);
+            }
+            let result = conn.as_ref().map_or(Ok(()), StateDb::ping);
+            if result.is_err() {
+                *conn = None;
+            }
+            result
+        })
+        .await
+        .map_err(|e| StateError::Task(e.to_string()))?
     }
 }

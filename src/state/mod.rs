@@ -307,10 +307,19 @@ impl StateDb {
 
     /// Forgets a source's cursor; its next run starts as a first run.
     pub fn delete_cursor(&mut self, source_id: &str) -> Result<bool, StateError> {
-        Ok(self.conn.execute(
+        let tx = self.conn.transaction()?;
+        let existed = tx.execute(
             "DELETE FROM source_cursor WHERE source_id = ?1",
             [source_id],
-        )? > 0)
+        )? > 0;
+        // What was read through no longer counts: the source reads again
+        // from its new start, and its cursor age must say so.
+        tx.execute(
+            "UPDATE component_health SET caught_up_at = NULL WHERE role = 'source' AND id = ?1",
+            [source_id],
+        )?;
+        tx.commit()?;
+        Ok(existed)
     }
 
     /// Empties a source's dedup window, so that a replay after
@@ -344,19 +353,31 @@ impl StateDb {
                  VALUES (?1, ?2, ?3, ?4)",
             )?;
             let mut outbox = tx.prepare_cached(
-                "INSERT INTO outbox (source_id, event_id, event_time, enqueued_at, payload)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO outbox (source_id, event_id, event_time, enqueued_at, payload, cum_bytes)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
+            // Running payload total, so a sink's backlog in bytes is two
+            // lookups instead of a scan (see `observe`).
+            let mut cum_bytes: i64 = tx
+                .query_row(
+                    "SELECT cum_bytes FROM outbox ORDER BY seq DESC LIMIT 1",
+                    [],
+                    |row| row.get(0),
+                )
+                .optional()?
+                .unwrap_or(0);
             for event in events {
                 let fresh =
                     seen.execute(params![source_id, event.event_id, event.event_time, now])? == 1;
                 if fresh {
+                    cum_bytes += i64::try_from(event.payload.len()).unwrap_or(i64::MAX);
                     outbox.execute(params![
                         source_id,
                         event.event_id,
                         event.event_time,
                         now,
-                        event.payload
+                        event.payload,
+                        cum_bytes
                     ])?;
                     outcome.stored += 1;
                 } else {
@@ -800,6 +821,23 @@ impl StateLock {
     }
 }
 
+impl StateLock {
+    /// Whether a process holds the lock next to `state_path`. Creates
+    /// nothing and never blocks a starting daemon: a missing lock file
+    /// means none runs; otherwise a shared lock is tried and released.
+    pub fn is_held(state_path: &Path) -> bool {
+        let mut lock_path = state_path.as_os_str().to_owned();
+        lock_path.push(".lock");
+        let Ok(file) = File::open(PathBuf::from(lock_path)) else {
+            return false;
+        };
+        matches!(
+            file.try_lock_shared(),
+            Err(std::fs::TryLockError::WouldBlock)
+        )
+    }
+}
+
 /// A [`StateDb`] usable from async code: each call runs on the blocking pool
 /// so SQLite never stalls the runtime.
 #[derive(Debug, Clone)]
@@ -848,7 +886,7 @@ fn hex_sha256(bytes: &[u8]) -> String {
 
 mod health;
 
-pub use health::{ComponentRecord, Observation, SinkBacklog};
+pub use health::{ComponentRecord, Observation, SinkBacklog, StateProbe};
 
 #[cfg(test)]
 mod tests;

@@ -372,3 +372,63 @@ fn purge_takes_ids_or_a_sink() {
     assert_eq!(db.purge_dead_letters(Some("b"), &[]).unwrap(), 1);
     assert_eq!(db.dead_letters(None).unwrap().len(), 1);
 }
+
+#[test]
+fn backlog_per_sink_matches_a_full_count_after_trims() {
+    let (_dir, mut db) = open_tmp();
+    db.register_sinks(&[("a".into(), "file"), ("b".into(), "file")])
+        .unwrap();
+    let mut n = 0;
+    for page in 0..4 {
+        let events: Vec<NewEvent> = (0..25)
+            .map(|i| {
+                n += 1;
+                let mut e = event(&format!("e{n}"), n);
+                // Payloads of different sizes, some multi-byte.
+                e.payload = format!("{{\"id\":\"e{n}\",\"pad\":\"{}\"}}", "é".repeat(i * page));
+                e
+            })
+            .collect();
+        db.commit_page("s", "asana", &events, &[], &cursor(&format!("p{page}"), n))
+            .unwrap();
+    }
+    db.ack("a", 30).unwrap();
+    db.ack("b", 70).unwrap();
+    db.trim_outbox().unwrap();
+    let exact = |db: &StateDb, acked: i64| -> (i64, i64) {
+        db.conn
+            .query_row(
+                "SELECT COUNT(*), COALESCE(SUM(octet_length(payload)), 0) FROM outbox WHERE seq > ?1",
+                [acked],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .unwrap()
+    };
+    let observed = db.observe().unwrap();
+    for (sink, acked) in [("a", 30), ("b", 70)] {
+        let backlog = observed.sinks.iter().find(|s| s.sink_id == sink).unwrap();
+        assert_eq!((backlog.events, backlog.bytes), exact(&db, acked), "{sink}");
+    }
+    // Caught up: nothing pending.
+    db.ack("a", 100).unwrap();
+    db.ack("b", 100).unwrap();
+    db.trim_outbox().unwrap();
+    let observed = db.observe().unwrap();
+    assert!(observed.sinks.iter().all(|s| s.events == 0 && s.bytes == 0));
+    assert_eq!(observed.outbox_events, 0);
+}
+
+#[test]
+fn a_reset_forgets_what_the_source_read_through() {
+    let (_dir, mut db) = open_tmp();
+    db.commit_page("s", "asana", &[event("e1", 5)], &[], &cursor("p", 5))
+        .unwrap();
+    let mut record = ComponentRecord::new("source", "s", "asana");
+    record.caught_up_at = Some(1_000);
+    record.last_success_at = Some(1_000);
+    db.record_health(&[record]).unwrap();
+    assert!(db.delete_cursor("s").unwrap());
+    let stored = db.component_health("source", "s").unwrap().unwrap();
+    assert_eq!(stored.caught_up_at, None);
+    assert_eq!(stored.last_success_at, Some(1_000));
+}

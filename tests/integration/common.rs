@@ -155,6 +155,19 @@ pub(crate) fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_auditrelay")
 }
 
+/// The release binary, as the container image ships it: `scripts/test`
+/// builds it (`LIBZ_SYS_STATIC=1 cargo build --release`) and names it in
+/// `AUDITRELAY_RELEASE_BIN`.
+pub(crate) fn release_binary() -> PathBuf {
+    let path = std::env::var_os("AUDITRELAY_RELEASE_BIN").map(PathBuf::from);
+    match path {
+        Some(path) if path.is_file() => path,
+        _ => panic!(
+            "this test runs the release binary: run scripts/test, or `LIBZ_SYS_STATIC=1 cargo build --release` and set AUDITRELAY_RELEASE_BIN=target/release/auditrelay"
+        ),
+    }
+}
+
 /// The daemon as a child process, its logs in a file.
 pub(crate) struct Daemon {
     child: Option<Child>,

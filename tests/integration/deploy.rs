@@ -126,7 +126,7 @@ fn metric_names() -> BTreeSet<String> {
     read("deploy/metrics.txt")
         .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty())
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(String::from)
         .collect()
 }
@@ -858,7 +858,10 @@ const RUNTIME_LIBS: &[&str] = &[
 
 #[test]
 fn the_runtime_image_has_every_library_the_binary_links() {
-    let out = Command::new("ldd").arg(binary()).output().unwrap();
+    let out = Command::new("ldd")
+        .arg(crate::common::release_binary())
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let libs: BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -1269,7 +1272,10 @@ fn every_metric_name_mentioned_is_in_metrics_txt() {
     let known = metric_names();
     assert_eq!(
         known.len(),
-        read("deploy/metrics.txt").lines().count(),
+        read("deploy/metrics.txt")
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+            .count(),
         "duplicates"
     );
     for name in &known {
@@ -1569,8 +1575,9 @@ fn the_binary_keeps_the_image_contract_uid_65532_and_only_the_state_dir_writable
     // The binary as in the image: root-owned, read-only for everyone else.
     std::fs::create_dir(at("bin")).unwrap();
     let bin = at("bin/auditrelay");
-    if std::fs::hard_link(binary(), &bin).is_err() {
-        std::fs::copy(binary(), &bin).unwrap();
+    let release = crate::common::release_binary();
+    if std::fs::hard_link(&release, &bin).is_err() {
+        std::fs::copy(&release, &bin).unwrap();
     }
     // The token as a mounted secret: root-owned, readable by the group.
     std::fs::create_dir(at("secrets")).unwrap();

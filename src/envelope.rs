@@ -45,8 +45,63 @@ pub struct Envelope<'a> {
     /// From where.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client: Option<Client<'a>>,
+    /// What the source's event code means, from auditrelay's catalog
+    /// (Anaplan `USR-*` codes); absent for sources without codes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<CodeInfo<'a>>,
+    /// Whether the users the event names (actor, target user) were looked
+    /// up; absent when it names none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enrichment: Option<Enrichment>,
+    /// A gap, not an event: the source could not read events in
+    /// [`Gap::from`, `Gap::to`) because the API no longer keeps them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gap: Option<Gap>,
     /// The source's record, verbatim but for whitespace between tokens.
     pub raw: &'a RawValue,
+}
+
+/// An event code looked up in auditrelay's catalog.
+#[derive(Debug, Serialize)]
+pub struct CodeInfo<'a> {
+    /// The code as the source sent it (`USR-001`).
+    pub id: &'a str,
+    /// Whether the catalog knows it; an unknown code passes through with
+    /// only `id` and `known: false`.
+    pub known: bool,
+    /// What happened, e.g. "User login success".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<&'a str>,
+    /// What the event's object id refers to (`user`, `model`, `process`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object: Option<&'a str>,
+    /// `authentication`, `account_lifecycle`, `access`, `administration`
+    /// or `data_movement`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub category: Option<&'a str>,
+}
+
+/// How user enrichment went for an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Enrichment {
+    /// Every user it names was found: `name` and `email` are filled in.
+    Enriched,
+    /// At least one user is unknown to the API (deleted, internal): what
+    /// could be filled in is.
+    UserUnknown,
+    /// A lookup failed or did not finish within the bound: the event went
+    /// out without waiting (the ids are there, names and emails may not).
+    NotEnriched,
+}
+
+/// The span of a gap marker (RFC 3339 UTC with milliseconds).
+#[derive(Debug, Clone, Serialize)]
+pub struct Gap {
+    pub from: String,
+    pub to: String,
+    /// Why nothing could be read there.
+    pub reason: String,
 }
 
 /// Provenance of an event.

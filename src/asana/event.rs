@@ -165,6 +165,9 @@ pub fn to_outbox(
         }
     };
     let envelope = Envelope {
+        code: None,
+        enrichment: None,
+        gap: None,
         envelope_version: envelope::ENVELOPE_VERSION,
         source: SourceRef {
             kind: "asana",

@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
+use crate::anaplan::AnaplanSource;
 use crate::asana::AsanaSource;
 use crate::config::{Config, ConfigErrors, SinkConfig, SourceConfig};
 use crate::health::{Health, Role};
@@ -255,12 +256,16 @@ impl Daemon {
             metrics: metrics.clone(),
             health: Arc::clone(&component),
         };
-        let source = match config {
-            SourceConfig::Asana(asana) => Arc::new(
+        let source = Arc::new(match config {
+            SourceConfig::Asana(asana) => AnySource::Asana(
                 AsanaSource::new(asana.clone(), ctx)
                     .with_context(|| format!("building source {id}"))?,
             ),
-        };
+            SourceConfig::Anaplan(anaplan) => AnySource::Anaplan(
+                AnaplanSource::new(anaplan.clone(), ctx)
+                    .with_context(|| format!("building source {id}"))?,
+            ),
+        });
         Ok(BuiltSource {
             config: config.clone(),
             source,
@@ -627,16 +632,39 @@ async fn drain(sinks: &mut JoinSet<(String, Option<sink::Stopped>)>, closed: &mu
     }
 }
 
+/// A source of any kind.
+#[derive(Debug)]
+enum AnySource {
+    Asana(AsanaSource),
+    Anaplan(AnaplanSource),
+}
+
+impl AnySource {
+    fn id(&self) -> &str {
+        match self {
+            Self::Asana(s) => s.id(),
+            Self::Anaplan(s) => s.id(),
+        }
+    }
+
+    async fn run(&self) -> Result<(), StateError> {
+        match self {
+            Self::Asana(s) => s.run().await,
+            Self::Anaplan(s) => s.run().await,
+        }
+    }
+}
+
 /// A source built for a start or a reload, not running yet.
 struct BuiltSource {
     config: SourceConfig,
-    source: Arc<AsanaSource>,
+    source: Arc<AnySource>,
     component: Arc<crate::health::Component>,
     metrics: crate::metrics::SourceMetrics,
     stop: CancellationToken,
 }
 
-fn config_id(source: &AsanaSource) -> String {
+fn config_id(source: &AnySource) -> String {
     source.id().to_string()
 }
 

@@ -411,26 +411,53 @@ fn open_existing(path: &Path) -> anyhow::Result<StateDb> {
 async fn check(config: &Config) -> bool {
     let mut ok = true;
     for source in &config.sources {
-        let SourceConfig::Asana(asana) = source;
-        let result = match AsanaClient::new(asana, SourceMetrics::detached(&asana.id, "asana")) {
-            Ok(client) => {
-                let since = chrono::Utc::now() - chrono::Duration::minutes(1);
-                client
-                    .fetch(&Position {
-                        start_at: since,
-                        offset: None,
-                    })
-                    .await
-                    .map(|page| format!("ok ({} events in the last minute)", page.records.len()))
-                    .map_err(|e| e.to_string())
+        let result = match source {
+            SourceConfig::Asana(asana) => {
+                match AsanaClient::new(asana, SourceMetrics::detached(&asana.id, "asana")) {
+                    Ok(client) => {
+                        let since = chrono::Utc::now() - chrono::Duration::minutes(1);
+                        client
+                            .fetch(&Position {
+                                start_at: since,
+                                offset: None,
+                            })
+                            .await
+                            .map(|page| {
+                                format!("ok ({} events in the last minute)", page.records.len())
+                            })
+                            .map_err(|e| e.to_string())
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
             }
-            Err(e) => Err(e.to_string()),
+            SourceConfig::Anaplan(anaplan) => {
+                match crate::anaplan::client::AnaplanClient::new(
+                    anaplan,
+                    SourceMetrics::detached(&anaplan.id, "anaplan"),
+                ) {
+                    Ok((client, _)) => {
+                        let now = chrono::Utc::now().timestamp_millis();
+                        let window = crate::anaplan::client::Window {
+                            from: now - 60_000,
+                            to: now,
+                        };
+                        client
+                            .fetch(window, 0)
+                            .await
+                            .map(|page| {
+                                format!("ok ({} events in the last minute)", page.records.len())
+                            })
+                            .map_err(|e| e.to_string())
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            }
         };
         match result {
-            Ok(line) => println!("source {}: {line}", asana.id),
+            Ok(line) => println!("source {}: {line}", source.id()),
             Err(e) => {
                 ok = false;
-                println!("source {}: FAILED: {e}", asana.id);
+                println!("source {}: FAILED: {e}", source.id());
             }
         }
     }

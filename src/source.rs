@@ -68,6 +68,46 @@ impl SourceError {
 }
 
 impl SourceContext {
+    /// Waits while the outbox holds `max_outbox_events` (sinks are behind),
+    /// never dropping anything. Returns false on shutdown.
+    pub async fn wait_for_outbox_room(
+        &self,
+        source: &str,
+    ) -> Result<bool, crate::state::StateError> {
+        /// How long one outbox check may take before the task is hung.
+        const CHECK_BOUND: Duration = Duration::from_secs(120);
+        let mut warned = false;
+        loop {
+            self.health.beat(
+                if warned {
+                    "paused: the outbox is full"
+                } else {
+                    "checking the outbox depth"
+                },
+                CHECK_BOUND,
+            );
+            let depth = self.state.call(|db| db.outbox_depth()).await?;
+            let limit = self
+                .max_outbox_events
+                .load(std::sync::atomic::Ordering::Relaxed);
+            if u64::try_from(depth).unwrap_or(0) < limit {
+                if warned {
+                    tracing::info!(source = %source, depth, "outbox has room again; resuming");
+                    self.metrics.paused.set(0);
+                }
+                return Ok(true);
+            }
+            if !warned {
+                tracing::warn!(source = %source, depth, limit, "outbox full; pausing until sinks catch up");
+                warned = true;
+                self.metrics.paused.set(1);
+            }
+            if !sleep_or_cancel(Duration::from_millis(500), &self.shutdown).await {
+                return Ok(false);
+            }
+        }
+    }
+
     /// Tells the sinks that new events are in the outbox.
     pub fn notify_stored(&self) {
         self.stored.send_modify(|n| *n = n.wrapping_add(1));

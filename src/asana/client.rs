@@ -170,7 +170,7 @@ const MAX_ERROR_BYTES: usize = 64 << 10;
 
 /// Reads a body of at most `limit` bytes; a longer one is a transient
 /// failure (a broken proxy, say) and the request is made again later.
-async fn read_limited(
+pub(crate) async fn read_limited(
     mut response: reqwest::Response,
     limit: usize,
 ) -> Result<Vec<u8>, SourceError> {
@@ -197,7 +197,7 @@ async fn read_limited(
 }
 
 /// Up to `limit` bytes of a body, whatever its length; errors end it early.
-async fn read_prefix(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
+pub(crate) async fn read_prefix(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
     let mut body = Vec::new();
     while let Ok(Some(chunk)) = response.chunk().await {
         let room = limit - body.len();
@@ -260,7 +260,7 @@ fn error_message(body: &[u8]) -> String {
 
 /// A reqwest error with its causes, without the URL (which is logged as a
 /// field where it matters) and never with headers.
-fn describe(error: &reqwest::Error) -> String {
+pub(crate) fn describe(error: &reqwest::Error) -> String {
     let kind = if error.is_timeout() {
         "timed out"
     } else if error.is_connect() {

@@ -8,4 +8,5 @@ pub mod client;
 pub mod event;
 mod stream;
 
+pub(crate) use stream::rate_limit_wait;
 pub use stream::{filters_hash, AsanaSource, RETENTION};

@@ -100,7 +100,7 @@ impl AsanaSource {
         );
         let shutdown = self.ctx.shutdown.clone();
         while !shutdown.is_cancelled() {
-            if !self.wait_for_outbox_room().await? {
+            if !self.ctx.wait_for_outbox_room(&self.config.id).await? {
                 break;
             }
             let position = self.position(&cursor);
@@ -410,41 +410,6 @@ impl AsanaSource {
         }))
     }
 
-    /// Waits while the outbox is full. Returns false on shutdown.
-    async fn wait_for_outbox_room(&self) -> Result<bool, StateError> {
-        let mut warned = false;
-        loop {
-            self.ctx.health.beat(
-                if warned {
-                    "paused: the outbox is full"
-                } else {
-                    "checking the outbox depth"
-                },
-                COMMIT_BOUND,
-            );
-            let depth = self.ctx.state.call(|db| db.outbox_depth()).await?;
-            let limit = self
-                .ctx
-                .max_outbox_events
-                .load(std::sync::atomic::Ordering::Relaxed);
-            if u64::try_from(depth).unwrap_or(0) < limit {
-                if warned {
-                    tracing::info!(source = %self.config.id, depth, "outbox has room again; resuming");
-                    self.ctx.metrics.paused.set(0);
-                }
-                return Ok(true);
-            }
-            if !warned {
-                tracing::warn!(source = %self.config.id, depth, limit, "outbox full; pausing until sinks catch up");
-                warned = true;
-                self.ctx.metrics.paused.set(1);
-            }
-            if !sleep_or_cancel(Duration::from_millis(500), &self.ctx.shutdown).await {
-                return Ok(false);
-            }
-        }
-    }
-
     /// Keeps the state file bounded: the dedup window, and the newest
     /// [`QUARANTINE_KEEP`] quarantined records.
     async fn prune(&self) {
@@ -496,7 +461,7 @@ const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(15 * 60);
 /// our own growing backoff (so `Retry-After: 0` or a date in the past
 /// cannot make a tight loop), at most [`MAX_RATE_LIMIT_WAIT`], plus up to
 /// 10% (at most a second) so that clients told the same time spread out.
-fn rate_limit_wait(asked: Option<Duration>, ours: Duration) -> Duration {
+pub(crate) fn rate_limit_wait(asked: Option<Duration>, ours: Duration) -> Duration {
     let base = asked
         .map_or(ours, |asked| asked.max(ours))
         .min(MAX_RATE_LIMIT_WAIT);

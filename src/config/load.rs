@@ -9,8 +9,8 @@ use serde::de::DeserializeOwned;
 
 use super::raw;
 use super::{
-    AsanaConfig, AsanaFilters, Config, FileSinkConfig, HttpConfig, LogConfig, LogFormat,
-    SinkConfig, SinkKind, SourceConfig, StartAt, StateConfig,
+    AnaplanConfig, AnaplanCredentials, AsanaConfig, AsanaFilters, Config, FileSinkConfig,
+    HttpConfig, LogConfig, LogFormat, SinkConfig, SinkKind, SourceConfig, StartAt, StateConfig,
 };
 use crate::retry::BackoffPolicy;
 use crate::secret::Secret;
@@ -439,14 +439,221 @@ impl Loader {
                 let raw: raw::Asana = self.deserialize(value, &key)?;
                 self.asana(id, &key, raw).map(SourceConfig::Asana)
             }
+            "anaplan" => {
+                let raw: raw::Anaplan = self.deserialize(value, &key)?;
+                self.anaplan(id, &key, raw).map(SourceConfig::Anaplan)
+            }
             other => {
                 self.problem(
                     format!("{key}.kind"),
-                    format!("unknown source kind {other:?} (known: \"asana\")"),
+                    format!("unknown source kind {other:?} (known: \"asana\", \"anaplan\")"),
                 );
                 None
             }
         }
+    }
+
+    fn url(&mut self, key: &str, field: &str, value: Option<String>, default: &str) -> String {
+        let value = value.unwrap_or_else(|| default.to_string());
+        match reqwest::Url::parse(&value) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+            Ok(_) => self.problem(
+                format!("{key}.{field}"),
+                "must be an http:// or https:// URL",
+            ),
+            Err(e) => self.problem(
+                format!("{key}.{field}"),
+                format!("{value:?} is not a URL: {e}"),
+            ),
+        }
+        value.trim_end_matches('/').to_string()
+    }
+
+    fn start_at(&mut self, key: &str, text: Option<&str>) -> StartAt {
+        match text {
+            None => StartAt::Lookback(Duration::from_secs(7 * 24 * 3600)),
+            Some(text) => match parse_start_at(text) {
+                Ok(start) => start,
+                Err(message) => {
+                    self.problem(format!("{key}.start_at"), message);
+                    StartAt::Lookback(Duration::ZERO)
+                }
+            },
+        }
+    }
+
+    fn anaplan(&mut self, id: &str, key: &str, raw: raw::Anaplan) -> Option<AnaplanConfig> {
+        let auth_url = self.url(key, "auth_url", raw.auth_url, "https://auth.anaplan.com");
+        let audit_url = self.url(
+            key,
+            "audit_url",
+            raw.audit_url,
+            "https://audit.anaplan.com/audit/api/1",
+        );
+        let api_url = self.url(key, "api_url", raw.api_url, "https://api.anaplan.com/2/0");
+        let basic = raw.user.is_some()
+            || raw.password.is_some()
+            || raw.password_file.is_some()
+            || raw.password_env.is_some()
+            || raw.password_credential.is_some();
+        let certificate = raw.certificate_file.is_some()
+            || raw.private_key.is_some()
+            || raw.private_key_file.is_some()
+            || raw.private_key_env.is_some()
+            || raw.private_key_credential.is_some();
+        let token = raw.token.is_some()
+            || raw.token_file.is_some()
+            || raw.token_env.is_some()
+            || raw.token_credential.is_some();
+        let credentials = match (basic, certificate, token) {
+            (true, false, false) => {
+                let user = raw.user.unwrap_or_default();
+                if user.is_empty() {
+                    self.problem(
+                        format!("{key}.user"),
+                        "required with a password: the login (an e-mail address)",
+                    );
+                }
+                let password = self.secret(
+                    key,
+                    "password",
+                    TokenSource {
+                        inline: raw.password,
+                        file: raw.password_file,
+                        env: raw.password_env,
+                        credential: raw.password_credential,
+                    },
+                );
+                password.map(|(_, password)| AnaplanCredentials::Basic { user, password })
+            }
+            (false, true, false) => {
+                let certificate_pem = match &raw.certificate_file {
+                    None => {
+                        self.problem(
+                            format!("{key}.certificate_file"),
+                            "required with a private key: the CA-issued certificate (PEM)",
+                        );
+                        None
+                    }
+                    Some(path) => match std::fs::read_to_string(path) {
+                        Ok(text) if text.contains("-----BEGIN CERTIFICATE-----") => Some(text),
+                        Ok(_) => {
+                            self.problem(
+                                format!("{key}.certificate_file"),
+                                format!("{} holds no PEM certificate", path.display()),
+                            );
+                            None
+                        }
+                        Err(e) => {
+                            self.problem(
+                                format!("{key}.certificate_file"),
+                                format!("cannot read {}: {e}", path.display()),
+                            );
+                            None
+                        }
+                    },
+                };
+                let key_given = self.secret(
+                    key,
+                    "private_key",
+                    TokenSource {
+                        inline: raw.private_key,
+                        file: raw.private_key_file,
+                        env: raw.private_key_env,
+                        credential: raw.private_key_credential,
+                    },
+                );
+                let private_key = key_given.and_then(|(field, private_key)| {
+                    match crate::anaplan::auth::load_private_key(private_key.expose()) {
+                        Ok(_) => Some(private_key),
+                        Err(message) => {
+                            self.problem(format!("{key}.{field}"), message);
+                            None
+                        }
+                    }
+                });
+                match (certificate_pem, private_key) {
+                    (Some(certificate_pem), Some(private_key)) => {
+                        Some(AnaplanCredentials::Certificate {
+                            certificate_pem,
+                            private_key,
+                        })
+                    }
+                    _ => None,
+                }
+            }
+            (false, false, true) => self
+                .token(
+                    key,
+                    TokenSource {
+                        inline: raw.token,
+                        file: raw.token_file,
+                        env: raw.token_env,
+                        credential: raw.token_credential,
+                    },
+                )
+                .map(AnaplanCredentials::Token),
+            (false, false, false) => {
+                self.problem(key, "credentials are required: `user` with a `password*`, or `certificate_file` with a `private_key*`, or a `token*`");
+                None
+            }
+            _ => {
+                self.problem(key, "choose one way to log in: `user`/`password*`, `certificate_file`/`private_key*`, or `token*`");
+                None
+            }
+        };
+        let event_type = raw.event_type.unwrap_or_else(|| "all".to_string());
+        // The API treats an unknown value as "all" without a word: a typo
+        // would silently widen the stream.
+        const TYPES: [&str; 9] = [
+            "all",
+            "user_activity",
+            "access_control",
+            "byok",
+            "int",
+            "conn_mgmt",
+            "comment",
+            "plan_iq",
+            "forecaster",
+        ];
+        if !TYPES.contains(&event_type.as_str()) {
+            self.problem(
+                format!("{key}.event_type"),
+                format!("{event_type:?} is not one of {TYPES:?}"),
+            );
+        }
+        let page_size = raw.page_size.unwrap_or(1000);
+        if !(1..=10_000).contains(&page_size) {
+            self.problem(
+                format!("{key}.page_size"),
+                format!("{page_size} is outside 1..=10000"),
+            );
+        }
+        let start_at = self.start_at(key, raw.start_at.as_deref());
+        let poll_interval = self.positive(key, "poll_interval", raw.poll_interval, 60);
+        let request_timeout = self.positive(key, "request_timeout", raw.request_timeout, 60);
+        let slow_retry_interval =
+            self.positive(key, "slow_retry_interval", raw.slow_retry_interval, 300);
+        let overlap = raw.overlap.unwrap_or(Duration::from_secs(600));
+        if overlap > Duration::from_secs(24 * 3600) {
+            self.problem(format!("{key}.overlap"), "at most 1d");
+        }
+        let retry = self.backoff(key, raw.retry_initial, raw.retry_max);
+        Some(AnaplanConfig {
+            id: id.to_string(),
+            auth_url,
+            audit_url,
+            api_url,
+            credentials: credentials?,
+            event_type,
+            page_size,
+            start_at,
+            poll_interval,
+            request_timeout,
+            overlap,
+            retry,
+            slow_retry_interval,
+        })
     }
 
     fn asana(&mut self, id: &str, key: &str, raw: raw::Asana) -> Option<AsanaConfig> {
@@ -540,9 +747,25 @@ impl Loader {
     }
 
     /// Resolves exactly one of `token`, `token_file`, `token_env`,
-    /// `token_credential`.
+    /// `token_credential`, and checks it fits in an HTTP header.
     fn token(&mut self, key: &str, given: TokenSource) -> Option<Secret> {
-        const ONE_OF: &str = "`token`, `token_file`, `token_env` or `token_credential`";
+        let (field, value) = self.secret(key, "token", given)?;
+        // Caught here rather than on every request (and never echoed).
+        if reqwest::header::HeaderValue::from_str(&format!("Bearer {}", value.expose())).is_err() {
+            self.problem(
+                format!("{key}.{field}"),
+                "the token contains characters not allowed in an HTTP header",
+            );
+            return None;
+        }
+        Some(value)
+    }
+
+    /// Resolves exactly one of `NAME`, `NAME_file`, `NAME_env`,
+    /// `NAME_credential` (a token, a password, a private key).
+    /// Returns the key it came from (`token_env`, ...) with it.
+    fn secret(&mut self, key: &str, name: &str, given: TokenSource) -> Option<(String, Secret)> {
+        let one_of = format!("`{name}`, `{name}_file`, `{name}_env` or `{name}_credential`");
         let TokenSource {
             inline,
             file,
@@ -557,44 +780,45 @@ impl Loader {
             self.problem(
                 key,
                 if count == 0 {
-                    format!("one of {ONE_OF} is required")
+                    format!("one of {one_of} is required")
                 } else {
-                    format!("set only one of {ONE_OF}")
+                    format!("set only one of {one_of}")
                 },
             );
             return None;
         }
-        let (field, value) = if let Some(token) = inline {
-            ("token", token)
+        let (field, value) = if let Some(value) = inline {
+            (name.to_string(), value)
         } else if let Some(path) = file {
+            let field = format!("{name}_file");
             match std::fs::read_to_string(&path) {
-                Ok(text) => ("token_file", text.trim().to_string()),
+                Ok(text) => (field, text.trim().to_string()),
                 Err(e) => {
                     self.problem(
-                        format!("{key}.token_file"),
-                        // The path is not repeated: a token pasted here by
+                        format!("{key}.{field}"),
+                        // The path is not repeated: a secret pasted here by
                         // mistake would be printed back.
                         format!("cannot read the file: {e}"),
                     );
                     return None;
                 }
             }
-        } else if let Some(name) = credential {
-            (
-                "token_credential",
-                self.credential(&format!("{key}.token_credential"), &name)?,
-            )
+        } else if let Some(credential) = credential {
+            let field = format!("{name}_credential");
+            let value = self.credential(&format!("{key}.{field}"), &credential)?;
+            (field, value)
         } else {
+            let field = format!("{name}_env");
             let var = env.unwrap_or_default();
             match self.env.get(&var) {
-                Some(value) => ("token_env", value.trim().to_string()),
+                Some(value) => (field, value.trim().to_string()),
                 None => {
                     self.problem(
-                        format!("{key}.token_env"),
+                        format!("{key}.{field}"),
                         if is_env_name(&var) {
                             format!("environment variable {var:?} is not set")
                         } else {
-                            // Not a variable name; maybe the token itself,
+                            // Not a variable name; maybe the secret itself,
                             // so it is not printed back.
                             "must name an environment variable (letters, digits and '_')"
                                 .to_string()
@@ -605,18 +829,10 @@ impl Loader {
             }
         };
         if value.is_empty() {
-            self.problem(format!("{key}.{field}"), "the token is empty");
+            self.problem(format!("{key}.{field}"), format!("the {name} is empty"));
             return None;
         }
-        // Caught here rather than on every request (and never echoed).
-        if reqwest::header::HeaderValue::from_str(&format!("Bearer {value}")).is_err() {
-            self.problem(
-                format!("{key}.{field}"),
-                "the token contains characters not allowed in an HTTP header",
-            );
-            return None;
-        }
-        Some(Secret::new(value))
+        Some((field, Secret::new(value)))
     }
 
     fn positive(
@@ -995,15 +1211,20 @@ impl Loader {
         sinks: &[SinkConfig],
     ) {
         for source in sources {
-            let SourceConfig::Asana(asana) = source;
-            if asana.restart_margin > state.dedup_window {
+            // How far back a source reads again: the dedup window must
+            // cover it, or the repeats would be delivered twice.
+            let (reread, what) = match source {
+                SourceConfig::Asana(asana) => (asana.restart_margin, "restart_margin"),
+                SourceConfig::Anaplan(anaplan) => (anaplan.overlap, "overlap"),
+            };
+            if reread > state.dedup_window {
                 self.problem(
                     "state.dedup_window",
                     format!(
-                        "{} is shorter than sources.{}.restart_margin ({}): repeats after a restart would not be recognised",
+                        "{} is shorter than sources.{}.{what} ({}): repeats would not be recognised",
                         humantime::format_duration(state.dedup_window),
-                        asana.id,
-                        humantime::format_duration(asana.restart_margin)
+                        source.id(),
+                        humantime::format_duration(reread)
                     ),
                 );
             }

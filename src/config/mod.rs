@@ -74,6 +74,7 @@ pub enum LogFormat {
 #[derive(Debug, Clone)]
 pub enum SourceConfig {
     Asana(AsanaConfig),
+    Anaplan(AnaplanConfig),
 }
 
 impl SourceConfig {
@@ -81,6 +82,7 @@ impl SourceConfig {
     pub fn id(&self) -> &str {
         match self {
             Self::Asana(c) => &c.id,
+            Self::Anaplan(c) => &c.id,
         }
     }
 
@@ -88,6 +90,7 @@ impl SourceConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Asana(_) => "asana",
+            Self::Anaplan(_) => "anaplan",
         }
     }
 
@@ -95,6 +98,7 @@ impl SourceConfig {
     pub fn retention(&self) -> Duration {
         match self {
             Self::Asana(_) => crate::asana::RETENTION,
+            Self::Anaplan(_) => crate::anaplan::RETENTION,
         }
     }
 
@@ -104,6 +108,9 @@ impl SourceConfig {
             Self::Asana(c) => {
                 (c.poll_interval * 3 + c.request_timeout).max(Duration::from_secs(60))
             }
+            Self::Anaplan(c) => {
+                (c.poll_interval * 3 + c.request_timeout).max(Duration::from_secs(60))
+            }
         }
     }
 
@@ -111,6 +118,11 @@ impl SourceConfig {
     pub fn secrets(&self) -> Vec<&Secret> {
         match self {
             Self::Asana(c) => vec![&c.token],
+            Self::Anaplan(c) => match &c.credentials {
+                AnaplanCredentials::Basic { password, .. } => vec![password],
+                AnaplanCredentials::Certificate { private_key, .. } => vec![private_key],
+                AnaplanCredentials::Token(token) => vec![token],
+            },
         }
     }
 }
@@ -139,6 +151,49 @@ pub struct AsanaConfig {
     /// Pace of retries after failures only an operator can fix (401/403,
     /// a rejected request).
     pub slow_retry_interval: Duration,
+}
+
+/// An Anaplan tenant's audit events (the default tenant of the login).
+#[derive(Debug, Clone)]
+pub struct AnaplanConfig {
+    pub id: String,
+    /// The token service, `https://auth.anaplan.com` by default.
+    pub auth_url: String,
+    /// The Audit API, `https://audit.anaplan.com/audit/api/1` by default.
+    pub audit_url: String,
+    /// The Integration API (users), `https://api.anaplan.com/2/0` by default.
+    pub api_url: String,
+    pub credentials: AnaplanCredentials,
+    /// The `type` filter: `all` (default) or one family.
+    pub event_type: String,
+    /// `limit` of each request, 1..=10000.
+    pub page_size: u32,
+    /// Where the first run starts (clamped to the 30-day retention).
+    pub start_at: StartAt,
+    /// Sleep between polls once caught up.
+    pub poll_interval: Duration,
+    pub request_timeout: Duration,
+    /// How far before the newest stored event each poll reads again, for
+    /// events stored late (their `createdDate` after others were read).
+    pub overlap: Duration,
+    pub retry: BackoffPolicy,
+    /// Pace of retries after failures only an operator can fix.
+    pub slow_retry_interval: Duration,
+}
+
+/// How the Anaplan source logs in.
+#[derive(Debug, Clone)]
+pub enum AnaplanCredentials {
+    /// User and password, exchanged for a token.
+    Basic { user: String, password: Secret },
+    /// A CA-issued client certificate (PEM) and its RSA private key (PEM),
+    /// signing random data to get a token.
+    Certificate {
+        certificate_pem: String,
+        private_key: Secret,
+    },
+    /// A token issued elsewhere; kept alive with `/token/refresh`.
+    Token(Secret),
 }
 
 /// Asana's optional query filters. The stream's offset is bound to them.

@@ -49,6 +49,48 @@ pub(super) struct Log {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub(super) struct Anaplan {
+    #[allow(dead_code, reason = "read before dispatch; listed so the key is known")]
+    pub(super) kind: String,
+    pub(super) auth_url: Option<String>,
+    pub(super) audit_url: Option<String>,
+    pub(super) api_url: Option<String>,
+    /// Basic auth: the login (an e-mail) and its password.
+    pub(super) user: Option<String>,
+    pub(super) password: Option<String>,
+    pub(super) password_file: Option<PathBuf>,
+    pub(super) password_env: Option<String>,
+    pub(super) password_credential: Option<String>,
+    /// Certificate auth: a CA-issued certificate (PEM) and its RSA key.
+    pub(super) certificate_file: Option<PathBuf>,
+    pub(super) private_key: Option<String>,
+    pub(super) private_key_file: Option<PathBuf>,
+    pub(super) private_key_env: Option<String>,
+    pub(super) private_key_credential: Option<String>,
+    /// A pre-issued AnaplanAuthToken.
+    pub(super) token: Option<String>,
+    pub(super) token_file: Option<PathBuf>,
+    pub(super) token_env: Option<String>,
+    pub(super) token_credential: Option<String>,
+    pub(super) event_type: Option<String>,
+    pub(super) page_size: Option<u32>,
+    pub(super) start_at: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) poll_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) request_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) overlap: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) retry_initial: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) retry_max: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) slow_retry_interval: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct Asana {
     #[allow(dead_code, reason = "read before dispatch; listed so the key is known")]
     pub(super) kind: String,

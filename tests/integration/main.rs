@@ -3,6 +3,7 @@
 
 mod common;
 
+mod anaplan;
 mod cli;
 mod config_errors;
 mod delivery;

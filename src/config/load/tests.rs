@@ -38,7 +38,9 @@ fn example_config_is_valid_and_complete() {
     ));
     let config = load_with_env(path, env(&[("ASANA_TOKEN", "example-token")])).unwrap();
     assert_eq!(config.sources.len(), 1);
-    let SourceConfig::Asana(asana) = &config.sources[0];
+    let SourceConfig::Asana(asana) = &config.sources[0] else {
+        panic!("not asana")
+    };
     assert_eq!(asana.id, "asana_main");
     assert_eq!(asana.token.expose(), "example-token");
     assert_eq!(asana.poll_interval, Duration::from_secs(30));
@@ -59,7 +61,9 @@ fn example_config_is_valid_and_complete() {
 fn defaults_fill_a_minimal_config() {
     let dir = tempfile::tempdir().unwrap();
     let config = load_with_env(&write(&dir, MINIMAL), env(&[])).unwrap();
-    let SourceConfig::Asana(asana) = &config.sources[0];
+    let SourceConfig::Asana(asana) = &config.sources[0] else {
+        panic!("not asana")
+    };
     assert_eq!(asana.page_size, 100);
     assert_eq!(asana.base_url, "https://app.asana.com/api/1.0");
     assert_eq!(config.state.dedup_window, Duration::from_secs(86400));
@@ -76,7 +80,9 @@ fn environment_overrides_file_values_with_type_coercion() {
         ("UNRELATED", "x"),
     ]);
     let config = load_with_env(&write(&dir, MINIMAL), vars).unwrap();
-    let SourceConfig::Asana(asana) = &config.sources[0];
+    let SourceConfig::Asana(asana) = &config.sources[0] else {
+        panic!("not asana")
+    };
     assert_eq!(asana.page_size, 25);
     assert_eq!(asana.poll_interval, Duration::from_millis(250));
     assert_eq!(config.log.level, "debug");
@@ -461,7 +467,9 @@ fn a_credential_is_read_from_the_credentials_directory() {
         env(&[("CREDENTIALS_DIRECTORY", creds)]),
     )
     .unwrap();
-    let SourceConfig::Asana(asana) = &config.sources[0];
+    let SourceConfig::Asana(asana) = &config.sources[0] else {
+        panic!("not asana")
+    };
     assert_eq!(asana.token.expose(), "cred-token");
 
     let found = problems(

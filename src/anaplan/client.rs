@@ -1,0 +1,249 @@
+//! Requests to the Audit API: one page of `GET /events` over a pinned
+//! window, the answer classified for the stream's loop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use reqwest::header::{ACCEPT, RETRY_AFTER};
+use reqwest::StatusCode;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::auth::Auth;
+use crate::asana::client::{describe, read_limited, read_prefix};
+use crate::config::AnaplanConfig;
+use crate::metrics::SourceMetrics;
+use crate::retry::parse_retry_after;
+use crate::source::SourceError;
+
+/// Pages of 10,000 events are a few MiB; far beyond is not a page.
+const MAX_PAGE_BYTES: usize = 64 << 20;
+const MAX_ERROR_BYTES: usize = 64 << 10;
+
+/// The status Anaplan answers (with HTTP 401) when the login lacks the
+/// Tenant Auditor role or audit is off for the tenant.
+pub const ROLE_MISSING: &str = "FAILURE_UNAUTHORIZED_USER_ACTION";
+
+/// A closed window of event times (Unix ms), `dateFrom`..=`dateTo`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub from: i64,
+    pub to: i64,
+}
+
+/// One page.
+#[derive(Debug)]
+pub struct Page {
+    pub records: Vec<Box<RawValue>>,
+    /// `meta.paging.totalSize` (absent: the page is the whole result).
+    pub total: Option<u64>,
+}
+
+/// The Audit API for one login.
+#[derive(Debug)]
+pub struct AnaplanClient {
+    http: reqwest::Client,
+    events_url: String,
+    auth: Arc<Auth>,
+    event_type: String,
+    page_size: u32,
+    metrics: SourceMetrics,
+}
+
+impl AnaplanClient {
+    pub fn new(
+        config: &AnaplanConfig,
+        metrics: SourceMetrics,
+    ) -> Result<(Self, Arc<Auth>), reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("auditrelay/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(10).min(config.request_timeout))
+            .timeout(config.request_timeout)
+            .build()?;
+        let auth = Arc::new(Auth::new(config, http.clone()));
+        Ok((
+            Self {
+                http,
+                events_url: format!("{}/events", config.audit_url),
+                auth: Arc::clone(&auth),
+                event_type: config.event_type.clone(),
+                page_size: config.page_size,
+                metrics,
+            },
+            auth,
+        ))
+    }
+
+    /// The `limit` of every request.
+    pub fn page_size(&self) -> u32 {
+        self.page_size
+    }
+
+    /// Fetches the page at `offset` of `window`. A 401 other than the
+    /// missing role logs in again and replays the request, once.
+    pub async fn fetch(&self, window: Window, offset: u64) -> Result<Page, SourceError> {
+        match self.fetch_once(window, offset).await {
+            Err(SourceError::Unauthorized {
+                status: 401,
+                message,
+            }) if !message.contains(ROLE_MISSING) => {
+                tracing::info!(error = %message, "anaplan rejected the token; logging in again");
+                self.auth.invalidate().await;
+                self.fetch_once(window, offset).await
+            }
+            other => other,
+        }
+    }
+
+    async fn fetch_once(&self, window: Window, offset: u64) -> Result<Page, SourceError> {
+        let header = self.auth.header().await?;
+        let query = [
+            ("type", self.event_type.clone()),
+            ("dateFrom", window.from.to_string()),
+            ("dateTo", window.to.to_string()),
+            ("limit", self.page_size.to_string()),
+            ("offset", offset.to_string()),
+        ];
+        let response = self
+            .http
+            .get(&self.events_url)
+            .query(&query)
+            .header(reqwest::header::AUTHORIZATION, header)
+            .header(ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| {
+                self.metrics.request(None);
+                SourceError::Transient(describe(&e))
+            })?;
+        let status = response.status();
+        self.metrics.request(Some(status.as_u16()));
+        if status.is_success() {
+            let body = read_limited(response, MAX_PAGE_BYTES).await?;
+            return parse_page(&body);
+        }
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, Utc::now()));
+        let body = read_prefix(response, MAX_ERROR_BYTES).await;
+        let (service_status, message) = error_message(&body);
+        Err(match status {
+            StatusCode::TOO_MANY_REQUESTS => SourceError::RateLimited { retry_after },
+            StatusCode::UNAUTHORIZED if service_status == ROLE_MISSING => {
+                SourceError::Unauthorized {
+                    status: 401,
+                    message: format!(
+                        "{ROLE_MISSING}: the login lacks the Tenant Auditor role, or audit is not enabled for the tenant; a tenant administrator must assign the role (Administration > Users) and enable audit ({message})"
+                    ),
+                }
+            }
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => SourceError::Unauthorized {
+                status: status.as_u16(),
+                message: format!("{service_status} {message}").trim().to_string(),
+            },
+            s if s.is_server_error() || s == StatusCode::REQUEST_TIMEOUT => {
+                SourceError::Transient(format!("HTTP {}: {message}", s.as_u16()))
+            }
+            s => SourceError::Rejected {
+                status: s.as_u16(),
+                message: format!("{service_status} {message}").trim().to_string(),
+            },
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct PageBody {
+    response: Option<Vec<Box<RawValue>>>,
+    meta: Option<Meta>,
+}
+
+#[derive(Deserialize)]
+struct Meta {
+    paging: Option<Paging>,
+}
+
+#[derive(Deserialize)]
+struct Paging {
+    #[serde(rename = "totalSize")]
+    total_size: Option<u64>,
+}
+
+/// A page that does not parse as a whole (truncated, an HTML error page)
+/// is transient: the same request is made again, never skipped.
+fn parse_page(body: &[u8]) -> Result<Page, SourceError> {
+    let page: PageBody = serde_json::from_slice(body).map_err(|e| {
+        SourceError::Transient(format!("malformed page ({} bytes): {e}", body.len()))
+    })?;
+    let Some(records) = page.response else {
+        return Err(SourceError::Transient(format!(
+            "page without a `response` array ({} bytes)",
+            body.len()
+        )));
+    };
+    Ok(Page {
+        records,
+        total: page.meta.and_then(|m| m.paging).and_then(|p| p.total_size),
+    })
+}
+
+/// `status` and `statusMessage` of an Anaplan error body (either shape:
+/// `{"status": "...", "statusMessage": "..."}` or `{"status": {"code",
+/// "message"}}`), or a short excerpt.
+fn error_message(body: &[u8]) -> (String, String) {
+    let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let status = json["status"].as_str().unwrap_or_default().to_string();
+    let message = json["statusMessage"]
+        .as_str()
+        .or_else(|| json["status"]["message"].as_str())
+        .map(str::to_string)
+        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
+    let message: String = message
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(300)
+        .collect();
+    (status, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_parse_with_and_without_meta_and_ids_stay_exact() {
+        let page = parse_page(br#"{"meta":{"paging":{"currentPageSize":1,"totalSize":7,"offSet":0}},"response":[{"id":9007199254740993,"eventTypeId":"USR-8"}]}"#).unwrap();
+        assert_eq!(page.total, Some(7));
+        assert_eq!(
+            page.records[0].get(),
+            r#"{"id":9007199254740993,"eventTypeId":"USR-8"}"#
+        );
+        let page = parse_page(br#"{"response":[]}"#).unwrap();
+        assert_eq!(page.total, None);
+        assert!(matches!(
+            parse_page(b"<html>"),
+            Err(SourceError::Transient(_))
+        ));
+        assert!(matches!(
+            parse_page(br#"{"meta":{}}"#),
+            Err(SourceError::Transient(_))
+        ));
+    }
+
+    #[test]
+    fn error_bodies_of_both_shapes_are_read() {
+        let (status, message) = error_message(
+            br#"{"status":"FAILURE_UNAUTHORIZED_USER_ACTION","statusMessage":"User is not authorized"}"#,
+        );
+        assert_eq!(
+            (status.as_str(), message.as_str()),
+            (ROLE_MISSING, "User is not authorized")
+        );
+        let (status, message) =
+            error_message(br#"{"status":{"code":404,"message":"User not found"}}"#);
+        assert_eq!((status.as_str(), message.as_str()), ("", "User not found"));
+    }
+}

@@ -1,0 +1,353 @@
+//! The Anaplan source against the Anaplan simulator on loopback: paging
+//! with offset drift and late events, token expiry, the role gate,
+//! certificate logins, ids above 2^53.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use auditrelay::simulator::anaplan::{
+    AnaplanEndpoint, AnaplanFaultUpdate, AnaplanSim, AnaplanSimConfig, Credential,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::common::{run_cli, wait_until, Daemon, Delivered, Workdir};
+
+const PASSWORD: &str = "sim-password-5e1f";
+const AUDITOR: &str = "auditor@example.com";
+const VIEWER: &str = "viewer@example.com";
+
+/// The simulator, served on 127.0.0.1 from its own runtime.
+struct Anaplan {
+    sim: Arc<AnaplanSim>,
+    url: String,
+    _runtime: tokio::runtime::Runtime,
+    stop: CancellationToken,
+}
+
+impl Anaplan {
+    fn start(config: AnaplanSimConfig) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let sim = AnaplanSim::new(AnaplanSimConfig {
+            credentials: vec![
+                Credential::new(AUDITOR, PASSWORD, true),
+                Credential::new(VIEWER, PASSWORD, false),
+            ],
+            ..config
+        });
+        let stop = CancellationToken::new();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        runtime.spawn(Arc::clone(&sim).serve(listener, stop.clone().cancelled_owned()));
+        Self {
+            sim,
+            url,
+            _runtime: runtime,
+            stop,
+        }
+    }
+
+    fn ids(&self) -> BTreeSet<String> {
+        self.sim
+            .visible_ids()
+            .into_iter()
+            .map(|id| id.to_string())
+            .collect()
+    }
+
+    /// `GET /_sim/anaplan/stats`.
+    fn stats(&self) -> serde_json::Value {
+        let url = format!("{}/_sim/anaplan/stats", self.url);
+        self._runtime
+            .block_on(async { reqwest::get(url).await.unwrap().json().await.unwrap() })
+    }
+
+    fn faults(&self, update: AnaplanFaultUpdate) {
+        self.sim.update_faults(update).unwrap();
+    }
+}
+
+impl Drop for Anaplan {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A config with one Anaplan source (`login` lines in its table) and a
+/// file sink.
+fn config(work: &Workdir, sim: &Anaplan, login: &str, extra: &str) -> PathBuf {
+    work.write_config(&format!(
+        r#"
+shutdown_grace = "5s"
+[state]
+path = "{state}"
+[sources.anaplan_it]
+kind = "anaplan"
+auth_url = "{url}"
+audit_url = "{url}/audit/api/1"
+api_url = "{url}/2/0"
+{login}
+start_at = "3h"
+page_size = 500
+poll_interval = "300ms"
+request_timeout = "10s"
+retry_initial = "20ms"
+retry_max = "300ms"
+slow_retry_interval = "1s"
+{extra}
+[sinks.file]
+kind = "file"
+path = "{out}"
+retry_initial = "20ms"
+retry_max = "300ms"
+"#,
+        state = work.path("state/state.db").display(),
+        url = sim.url,
+        out = work.out().display(),
+    ))
+}
+
+fn basic(user: &str) -> String {
+    format!("user = \"{user}\"\npassword = \"{PASSWORD}\"")
+}
+
+#[test]
+fn five_thousand_events_with_drift_and_late_arrivals_arrive_once_each() {
+    let sim = Anaplan::start(AnaplanSimConfig {
+        seed: 3,
+        backlog: 5000,
+        backlog_span: Duration::from_secs(2 * 3600),
+        rate: 40.0,
+        max_live: Some(400),
+        late_share: 0.05,
+        max_late: Duration::from_secs(30),
+        ..AnaplanSimConfig::default()
+    });
+    // Events inserted into the window while it is paged shift the offsets.
+    sim.faults(AnaplanFaultUpdate {
+        drift_next: Some(6),
+        drift_events: Some(7),
+        ..AnaplanFaultUpdate::default()
+    });
+    let work = Workdir::new();
+    let config = config(&work, &sim, &basic(AUDITOR), "overlap = \"10m\"");
+    let daemon = Daemon::start(&config, work.path("daemon.log"));
+    let mut expected = BTreeSet::new();
+    wait_until(
+        Duration::from_secs(120),
+        "every event, live ones included",
+        || {
+            expected = sim.ids();
+            expected.len() >= 5400 && Delivered::read(&work.out()).unique().is_superset(&expected)
+        },
+    );
+    let stats = sim.sim.calls(AnaplanEndpoint::AuditEvents);
+    assert!(daemon.terminate().success());
+    let delivered = Delivered::read(&work.out());
+    assert_eq!(delivered.duplicates(), 0, "an event was delivered twice");
+    // Late events may have become visible since; nothing the API does not
+    // have was delivered.
+    let unknown: Vec<_> = delivered.unique().difference(&sim.ids()).cloned().collect();
+    assert!(
+        unknown.is_empty(),
+        "delivered events the API does not have: {unknown:?}"
+    );
+    assert!(stats > 10, "{stats} requests");
+    let counters = sim.stats();
+    assert!(
+        counters["drift_events"].as_u64().unwrap_or(0) > 0,
+        "no drift happened: {counters}"
+    );
+    // Ids above 2^53 arrive exactly, as strings and in raw.
+    let big: Vec<&serde_json::Value> = delivered
+        .lines
+        .iter()
+        .filter(|l| l["id"].as_str().unwrap().parse::<u64>().unwrap() > 1 << 53)
+        .collect();
+    assert!(!big.is_empty(), "the simulator served no id above 2^53");
+    let text = std::fs::read_to_string(work.out()).unwrap();
+    for line in &big {
+        let id = line["id"].as_str().unwrap();
+        assert!(
+            text.contains(&format!(r#""raw":{{"id":{id},"#)),
+            "raw id of {id} changed"
+        );
+    }
+    // Every event carries its catalog entry, unknown codes marked.
+    assert!(delivered.lines.iter().all(|l| l["code"]["id"].is_string()));
+    assert!(delivered.lines.iter().any(|l| l["code"]["known"] == false));
+    assert!(delivered
+        .lines
+        .iter()
+        .any(|l| l["code"]["category"] == "authentication"));
+}
+
+#[test]
+fn an_expiring_token_is_renewed_and_nothing_is_lost() {
+    let sim = Anaplan::start(AnaplanSimConfig {
+        seed: 4,
+        backlog: 3000,
+        token_ttl: Duration::from_secs(2),
+        rate: 0.0,
+        max_live: Some(0),
+        late_share: 0.0,
+        ..AnaplanSimConfig::default()
+    });
+    // Slow pages, so the stream outlives several tokens.
+    sim.faults(AnaplanFaultUpdate {
+        latency: Some(Duration::from_millis(150)),
+        ..AnaplanFaultUpdate::default()
+    });
+    let work = Workdir::new();
+    let config = config(&work, &sim, &basic(AUDITOR), "page_size = 100");
+    let config = {
+        let text = std::fs::read_to_string(&config).unwrap();
+        work.write_config(&text.replacen("page_size = 500\n", "", 1))
+    };
+    let daemon = Daemon::start(&config, work.path("daemon.log"));
+    let start = std::time::Instant::now();
+    loop {
+        let expected = sim.ids();
+        let got = Delivered::read(&work.out()).unique();
+        if expected.len() == 3000 && got.is_superset(&expected) {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            let logs = daemon.logs();
+            let tail: Vec<&str> = logs.lines().rev().take(30).collect();
+            panic!(
+                "timed out: {} of {} delivered, missing e.g. {:?}; log tail:\n{}",
+                got.len(),
+                expected.len(),
+                expected.difference(&got).take(3).collect::<Vec<_>>(),
+                tail.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(daemon.terminate().success());
+    let renewals = sim.sim.calls(AnaplanEndpoint::TokenRefresh)
+        + sim.sim.calls(AnaplanEndpoint::TokenAuthenticate);
+    assert!(
+        renewals >= 3,
+        "only {renewals} logins and refreshes over many token lifetimes"
+    );
+    let delivered = Delivered::read(&work.out());
+    assert_eq!(delivered.duplicates(), 0);
+    assert_eq!(delivered.unique(), sim.ids());
+}
+
+#[test]
+fn a_login_without_the_auditor_role_gets_a_clear_error_and_no_loop() {
+    let sim = Anaplan::start(AnaplanSimConfig {
+        seed: 5,
+        backlog: 50,
+        ..AnaplanSimConfig::default()
+    });
+    let work = Workdir::new();
+    let config = config(&work, &sim, &basic(VIEWER), "");
+    let daemon = Daemon::start(&config, work.path("daemon.log"));
+    wait_until(Duration::from_secs(30), "the role error", || {
+        daemon.logs().contains("Tenant Auditor role")
+    });
+    // Three slow-retry intervals later: a few attempts, not a loop.
+    std::thread::sleep(Duration::from_secs(3));
+    let logins = sim.sim.calls(AnaplanEndpoint::TokenAuthenticate);
+    let requests = sim.sim.calls(AnaplanEndpoint::AuditEvents);
+    assert!(logins <= 2, "{logins} logins: re-authenticating in a loop");
+    assert!(requests <= 6, "{requests} audit requests in ~4s");
+    let logs = daemon.logs();
+    assert!(logs.contains("FAILURE_UNAUTHORIZED_USER_ACTION"), "{logs}");
+    assert!(!logs.contains(PASSWORD));
+    assert!(daemon.terminate().success());
+    assert_eq!(Delivered::total(&work.out()), 0);
+}
+
+#[test]
+fn a_certificate_login_works() {
+    let sim = Anaplan::start(AnaplanSimConfig {
+        seed: 6,
+        backlog: 300,
+        rate: 0.0,
+        max_live: Some(0),
+        ..AnaplanSimConfig::default()
+    });
+    let work = Workdir::new();
+    let certs = work.path("certs");
+    sim.sim.write_client_files(&certs, AUDITOR).unwrap();
+    let login = format!(
+        "certificate_file = \"{}\"\nprivate_key_file = \"{}\"",
+        certs.join("client.pem").display(),
+        certs.join("client.key").display()
+    );
+    let config = config(&work, &sim, &login, "");
+    let daemon = Daemon::start(&config, work.path("daemon.log"));
+    wait_until(Duration::from_secs(60), "300 events", || {
+        Delivered::read(&work.out()).unique() == sim.ids()
+    });
+    assert!(daemon.terminate().success());
+    assert!(sim.sim.calls(AnaplanEndpoint::TokenAuthenticate) >= 1);
+    let logs = std::fs::read_to_string(work.path("daemon.log")).unwrap();
+    assert!(!logs.contains("PRIVATE KEY"), "{logs}");
+}
+
+#[test]
+fn anaplan_config_errors_name_their_keys() {
+    let sim = Anaplan::start(AnaplanSimConfig {
+        backlog: 1,
+        ..AnaplanSimConfig::default()
+    });
+    let work = Workdir::new();
+    let login = format!("{}\ntoken = \"also-a-token\"", basic(AUDITOR));
+    let config = config(
+        &work,
+        &sim,
+        &login,
+        "event_type = \"user-activity\"\npage_size = 20000\noverlap = \"2d\"",
+    );
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replacen("page_size = 500\n", "", 1);
+    let config = work.write_config(&text);
+    let (code, _, err) = run_cli(
+        &["check", "--offline", "--config", config.to_str().unwrap()],
+        &HashMap::new(),
+    );
+    assert_eq!(code, 78, "{err}");
+    for expected in [
+        "sources.anaplan_it: choose one way to log in",
+        "sources.anaplan_it.event_type: \"user-activity\" is not one of",
+        "sources.anaplan_it.page_size: 20000 is outside 1..=10000",
+        "sources.anaplan_it.overlap: at most 1d",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+    assert!(!err.contains(PASSWORD), "{err}");
+
+    let key = work.path("bad.key");
+    std::fs::write(
+        &key,
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let login = format!(
+        "certificate_file = \"{}\"\nprivate_key_file = \"{}\"",
+        key.display(),
+        key.display()
+    );
+    let config = self::config(&work, &sim, &login, "");
+    let (code, _, err) = run_cli(
+        &["check", "--offline", "--config", config.to_str().unwrap()],
+        &HashMap::new(),
+    );
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("sources.anaplan_it.certificate_file"), "{err}");
+    assert!(err.contains("sources.anaplan_it.private_key_file"), "{err}");
+}

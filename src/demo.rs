@@ -1,5 +1,6 @@
-//! `auditrelay demo`: the built-in Asana simulator and the daemon in one
-//! process, printing events as JSON lines on standard output.
+//! `auditrelay demo`: the built-in Asana and Anaplan simulators and the
+//! daemon in one process, an Asana and an Anaplan source side by side,
+//! printing events as JSON lines on standard output.
 //!
 //! The simulator's seed and epoch are kept in the demo directory next to the
 //! state file, so a restarted demo serves the same stream and the daemon
@@ -15,11 +16,12 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{
-    AsanaConfig, AsanaFilters, Config, HttpConfig, LogConfig, LogFormat, SinkConfig, SinkKind,
-    SourceConfig, StartAt, StateConfig,
+    AnaplanConfig, AnaplanCredentials, AsanaConfig, AsanaFilters, Config, HttpConfig, LogConfig,
+    LogFormat, SinkConfig, SinkKind, SourceConfig, StartAt, StateConfig,
 };
 use crate::retry::BackoffPolicy;
 use crate::secret::Secret;
+use crate::simulator::anaplan::{AnaplanSim, AnaplanSimConfig, Credential};
 use crate::simulator::{SimConfig, Simulator};
 
 /// Options of `auditrelay demo`.
@@ -44,6 +46,8 @@ fn log_level(level: &str) -> Result<String, String> {
 }
 
 const DEMO_TOKEN: &str = "demo-service-account-token";
+const DEMO_ANAPLAN_USER: &str = "auditor@example.com";
+const DEMO_ANAPLAN_PASSWORD: &str = "demo-anaplan-password";
 const DEMO_WORKSPACE: &str = "1200000000000000";
 
 /// What makes the simulated stream the same across demo restarts.
@@ -73,7 +77,7 @@ fn timeline(dir: &Path) -> anyhow::Result<Timeline> {
 }
 
 /// The daemon's configuration for the demo.
-pub fn config(args: &DemoArgs, base_url: String) -> Config {
+pub fn config(args: &DemoArgs, base_url: String, anaplan_url: String) -> Config {
     Config {
         state: StateConfig {
             path: args.dir.join("state.db"),
@@ -89,24 +93,47 @@ pub fn config(args: &DemoArgs, base_url: String) -> Config {
         http: HttpConfig { listen: None },
         fingerprints: Default::default(),
         shutdown_grace: Duration::from_secs(5),
-        sources: vec![SourceConfig::Asana(AsanaConfig {
-            id: "asana_demo".into(),
-            base_url,
-            workspace_gid: DEMO_WORKSPACE.into(),
-            token: Secret::new(DEMO_TOKEN),
-            filters: AsanaFilters::default(),
-            page_size: 100,
-            // The backlog spans the hour before the first start.
-            start_at: StartAt::Lookback(Duration::from_secs(2 * 3600)),
-            poll_interval: Duration::from_secs(2),
-            request_timeout: Duration::from_secs(10),
-            restart_margin: Duration::from_secs(300),
-            retry: BackoffPolicy {
-                initial: Duration::from_millis(200),
-                max: Duration::from_secs(10),
-            },
-            slow_retry_interval: Duration::from_secs(30),
-        })],
+        sources: vec![
+            SourceConfig::Asana(AsanaConfig {
+                id: "asana_demo".into(),
+                base_url,
+                workspace_gid: DEMO_WORKSPACE.into(),
+                token: Secret::new(DEMO_TOKEN),
+                filters: AsanaFilters::default(),
+                page_size: 100,
+                // The backlog spans the hour before the first start.
+                start_at: StartAt::Lookback(Duration::from_secs(2 * 3600)),
+                poll_interval: Duration::from_secs(2),
+                request_timeout: Duration::from_secs(10),
+                restart_margin: Duration::from_secs(300),
+                retry: BackoffPolicy {
+                    initial: Duration::from_millis(200),
+                    max: Duration::from_secs(10),
+                },
+                slow_retry_interval: Duration::from_secs(30),
+            }),
+            SourceConfig::Anaplan(AnaplanConfig {
+                id: "anaplan_demo".into(),
+                auth_url: anaplan_url.clone(),
+                audit_url: format!("{anaplan_url}/audit/api/1"),
+                api_url: format!("{anaplan_url}/2/0"),
+                credentials: AnaplanCredentials::Basic {
+                    user: DEMO_ANAPLAN_USER.into(),
+                    password: Secret::new(DEMO_ANAPLAN_PASSWORD),
+                },
+                event_type: "all".into(),
+                page_size: 1000,
+                start_at: StartAt::Lookback(Duration::from_secs(2 * 3600)),
+                poll_interval: Duration::from_secs(2),
+                request_timeout: Duration::from_secs(10),
+                overlap: Duration::from_secs(600),
+                retry: BackoffPolicy {
+                    initial: Duration::from_millis(200),
+                    max: Duration::from_secs(10),
+                },
+                slow_retry_interval: Duration::from_secs(30),
+            }),
+        ],
         sinks: vec![SinkConfig {
             id: "stdout".into(),
             batch_size: 100,
@@ -140,8 +167,27 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
     tracing::info!(url = %base_url, dir = %args.dir.display(), "demo: simulated asana audit log is up");
     let sim_stop = CancellationToken::new();
     let server = tokio::spawn(simulator.serve(listener, sim_stop.clone().cancelled_owned()));
-    let result = crate::app::run(config(&args, base_url), None, shutdown).await;
+    let anaplan = AnaplanSim::new(AnaplanSimConfig {
+        seed: timeline.seed,
+        credentials: vec![Credential::new(
+            DEMO_ANAPLAN_USER,
+            DEMO_ANAPLAN_PASSWORD,
+            true,
+        )],
+        epoch: timeline.epoch,
+        backlog: args.backlog,
+        backlog_span: Duration::from_secs(3600),
+        rate: args.rate,
+        ..AnaplanSimConfig::default()
+    });
+    let anaplan_listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    let anaplan_url = format!("http://{}", anaplan_listener.local_addr()?);
+    tracing::info!(url = %anaplan_url, "demo: simulated anaplan audit api is up");
+    let anaplan_server =
+        tokio::spawn(anaplan.serve(anaplan_listener, sim_stop.clone().cancelled_owned()));
+    let result = crate::app::run(config(&args, base_url, anaplan_url), None, shutdown).await;
     sim_stop.cancel();
     server.await??;
+    anaplan_server.await??;
     result
 }

@@ -34,11 +34,34 @@ fn demo_restarts_where_it_stopped() {
 
     let first = Delivered::read(&work.path("first.jsonl"));
     let second = Delivered::read(&work.path("second.jsonl"));
-    assert_eq!(first.lines[0]["source"]["kind"], "asana");
-    let mut gids: Vec<u64> = first
-        .ids
+    // Both sources run side by side; no event of either repeats.
+    let of = |d: &Delivered, kind: &str| -> Vec<String> {
+        d.lines
+            .iter()
+            .filter(|l| l["source"]["kind"] == kind)
+            .map(|l| l["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let anaplan: Vec<String> = of(&first, "anaplan")
+        .into_iter()
+        .chain(of(&second, "anaplan"))
+        .collect();
+    assert!(
+        !anaplan.is_empty(),
+        "the demo's anaplan source delivered nothing"
+    );
+    let unique: std::collections::BTreeSet<&String> = anaplan.iter().collect();
+    assert_eq!(
+        unique.len(),
+        anaplan.len(),
+        "the restarted demo repeated anaplan events"
+    );
+    let first_asana = of(&first, "asana");
+    let second_asana = of(&second, "asana");
+    assert!(!first_asana.is_empty() && !second_asana.is_empty());
+    let mut gids: Vec<u64> = first_asana
         .iter()
-        .chain(&second.ids)
+        .chain(&second_asana)
         .map(|id| id.parse().unwrap())
         .collect();
     let total = gids.len();
@@ -48,14 +71,12 @@ fn demo_restarts_where_it_stopped() {
     // The simulator numbers its events consecutively: a gap is a loss.
     let span = gids[gids.len() - 1] - gids[0] + 1;
     assert_eq!(span, total as u64, "events are missing between the runs");
-    let first_max: u64 = first
-        .ids
+    let first_max: u64 = first_asana
         .iter()
         .map(|i| i.parse::<u64>().unwrap())
         .max()
         .unwrap();
-    let second_min: u64 = second
-        .ids
+    let second_min: u64 = second_asana
         .iter()
         .map(|i| i.parse::<u64>().unwrap())
         .min()

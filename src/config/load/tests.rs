@@ -36,9 +36,30 @@ fn example_config_is_valid_and_complete() {
         env!("CARGO_MANIFEST_DIR"),
         "/deploy/auditrelay.example.toml"
     ));
-    let config = load_with_env(path, env(&[("ASANA_TOKEN", "example-token")])).unwrap();
-    assert_eq!(config.sources.len(), 1);
-    let SourceConfig::Asana(asana) = &config.sources[0] else {
+    let config = load_with_env(
+        path,
+        env(&[
+            ("ASANA_TOKEN", "example-token"),
+            ("ANAPLAN_PASSWORD", "example-password"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(config.sources.len(), 2);
+    let anaplan = config
+        .sources
+        .iter()
+        .find_map(|s| match s {
+            SourceConfig::Anaplan(a) => Some(a),
+            SourceConfig::Asana(_) => None,
+        })
+        .unwrap();
+    assert_eq!(anaplan.overlap, Duration::from_secs(600));
+    assert!(matches!(
+        &anaplan.credentials,
+        crate::config::AnaplanCredentials::Basic { user, password }
+            if user == "auditor@example.com" && password.expose() == "example-password"
+    ));
+    let SourceConfig::Asana(asana) = &config.sources[1] else {
         panic!("not asana")
     };
     assert_eq!(asana.id, "asana_main");

@@ -20,7 +20,7 @@ use super::client::{AsanaClient, Page, Position};
 use super::event::{self, Origin};
 use crate::config::{AsanaConfig, StartAt};
 use crate::envelope::format_time;
-use crate::retry::Backoff;
+use crate::retry::{rate_limit_wait, Backoff};
 use crate::source::{sleep_or_cancel, SourceContext, SourceError};
 use crate::state::{NewEvent, Quarantined, SourceCursor, StateError};
 
@@ -488,53 +488,7 @@ struct Pacing {
     expired_in_a_row: u32,
 }
 
-/// The longest a `Retry-After` is obeyed; a larger value is the API's
-/// mistake, and waiting it out would silently stop the source.
-const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(15 * 60);
-
-/// How long to wait after a 429: at least what the API asked and at least
-/// our own growing backoff (so `Retry-After: 0` or a date in the past
-/// cannot make a tight loop), at most [`MAX_RATE_LIMIT_WAIT`], plus up to
-/// 10% (at most a second) so that clients told the same time spread out.
-fn rate_limit_wait(asked: Option<Duration>, ours: Duration) -> Duration {
-    let base = asked
-        .map_or(ours, |asked| asked.max(ours))
-        .min(MAX_RATE_LIMIT_WAIT);
-    let jitter = (base / 10)
-        .min(Duration::from_secs(1))
-        .mul_f64(rand::random::<f64>());
-    base.saturating_add(jitter)
-}
-
 /// The earliest start still inside retention, with some slack.
 fn retention_floor(now: DateTime<Utc>) -> DateTime<Utc> {
     now - chrono::Duration::from_std(RETENTION - RETENTION_SLACK).unwrap_or_default()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rate_limit_waits_are_bounded_below_and_above() {
-        let ours = Duration::from_millis(500);
-        // Retry-After 0 (or a date in the past) still waits our backoff.
-        let wait = rate_limit_wait(Some(Duration::ZERO), ours);
-        assert!(wait >= ours && wait <= ours + ours / 10, "{wait:?}");
-        // What the API asks is a floor.
-        let wait = rate_limit_wait(Some(Duration::from_secs(30)), ours);
-        assert!(
-            wait >= Duration::from_secs(30) && wait <= Duration::from_secs(31),
-            "{wait:?}"
-        );
-        // An absurd Retry-After is capped, without overflow.
-        let wait = rate_limit_wait(Some(Duration::from_secs(u64::MAX)), ours);
-        assert!(
-            wait <= MAX_RATE_LIMIT_WAIT + Duration::from_secs(1),
-            "{wait:?}"
-        );
-        // Without Retry-After, our backoff alone.
-        let wait = rate_limit_wait(None, ours);
-        assert!(wait >= ours && wait <= ours + ours / 10, "{wait:?}");
-    }
 }

@@ -885,8 +885,10 @@ fn hex_sha256(bytes: &[u8]) -> String {
 }
 
 mod health;
+mod users;
 
 pub use health::{ComponentRecord, Observation, SinkBacklog, StateProbe};
+pub use users::{CachedUser, CachedUserStatus};
 
 #[cfg(test)]
 mod tests;

@@ -2,3 +2,4 @@
 //! (client, event mapping, polling) comes later.
 
 pub mod catalog;
+pub mod users;

@@ -1,5 +1,5 @@
 //! The SQLite state file: source cursors, the outbox, the dedup window,
-//! sink progress and quarantined records.
+//! sink progress, quarantined records and the enrichment user cache.
 //!
 //! Every invariant that involves durability is enforced here, in one place:
 //! - [`StateDb::commit_page`] stores a page's new events and the source's new

@@ -111,6 +111,8 @@ pub fn config(args: &DemoArgs, base_url: String, anaplan_url: String) -> Config 
                     max: Duration::from_secs(10),
                 },
                 slow_retry_interval: Duration::from_secs(30),
+                requests_per_minute: crate::config::ASANA_REQUESTS_PER_MINUTE,
+                enrich: crate::enrich::EnrichConfig::default(),
             }),
             SourceConfig::Anaplan(AnaplanConfig {
                 id: "anaplan_demo".into(),

@@ -7,7 +7,9 @@
 //! - [`config`]: TOML + environment, validated, every problem reported.
 //! - [`asana`]: the Asana audit log source (client, event mapping, stream).
 //! - [`anaplan`]: the Anaplan audit source (so far its event-code catalog).
-//! - [`source`]: what sources share (error classes, context, counters).
+//! - [`source`]: what sources share (error classes, context, counters);
+//!   [`budget`]: a source's client-side rate budget; [`enrich`]: cached
+//!   user lookups (name, email) for the envelope.
 //! - [`state`]: the SQLite state file: cursors, outbox, dedup, progress.
 //! - [`sink`]: sinks and the delivery loop (stdout, file).
 //! - [`envelope`]: the JSON contract with the SIEM.
@@ -23,9 +25,11 @@
 pub mod anaplan;
 pub mod app;
 pub mod asana;
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod enrich;
 pub mod envelope;
 pub mod health;
 pub mod http;

@@ -98,6 +98,24 @@ pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
     Some((at - now).to_std().unwrap_or(Duration::ZERO))
 }
 
+/// The longest a `Retry-After` is obeyed; a larger value is the API's
+/// mistake, and waiting it out would silently stop the source.
+pub const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(15 * 60);
+
+/// How long to wait after a 429: at least what the API asked and at least
+/// our own growing backoff (so `Retry-After: 0` or a date in the past
+/// cannot make a tight loop), at most [`MAX_RATE_LIMIT_WAIT`], plus up to
+/// 10% (at most a second) so that clients told the same time spread out.
+pub fn rate_limit_wait(asked: Option<Duration>, ours: Duration) -> Duration {
+    let base = asked
+        .map_or(ours, |asked| asked.max(ours))
+        .min(MAX_RATE_LIMIT_WAIT);
+    let jitter = (base / 10)
+        .min(Duration::from_secs(1))
+        .mul_f64(rand::random::<f64>());
+    base.saturating_add(jitter)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,5 +154,28 @@ mod tests {
         backoff.reset();
         assert_eq!(backoff.failures(), 0);
         assert!(backoff.next_delay() < Duration::from_millis(250));
+    }
+
+    #[test]
+    fn rate_limit_waits_are_bounded_below_and_above() {
+        let ours = Duration::from_millis(500);
+        // Retry-After 0 (or a date in the past) still waits our backoff.
+        let wait = rate_limit_wait(Some(Duration::ZERO), ours);
+        assert!(wait >= ours && wait <= ours + ours / 10, "{wait:?}");
+        // What the API asks is a floor.
+        let wait = rate_limit_wait(Some(Duration::from_secs(30)), ours);
+        assert!(
+            wait >= Duration::from_secs(30) && wait <= Duration::from_secs(31),
+            "{wait:?}"
+        );
+        // An absurd Retry-After is capped, without overflow.
+        let wait = rate_limit_wait(Some(Duration::from_secs(u64::MAX)), ours);
+        assert!(
+            wait <= MAX_RATE_LIMIT_WAIT + Duration::from_secs(1),
+            "{wait:?}"
+        );
+        // Without Retry-After, our backoff alone.
+        let wait = rate_limit_wait(None, ours);
+        assert!(wait >= ours && wait <= ours + ours / 10, "{wait:?}");
     }
 }

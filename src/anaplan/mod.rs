@@ -9,5 +9,6 @@ pub mod catalog;
 pub mod client;
 pub mod event;
 mod stream;
+pub mod users;
 
 pub use stream::{AnaplanSource, RETENTION};

@@ -425,7 +425,7 @@ impl AnaplanSource {
         self.ctx.health.failed(&error.to_string());
         match error {
             SourceError::RateLimited { retry_after } => {
-                let wait = crate::asana::rate_limit_wait(retry_after, backoff.next_delay());
+                let wait = crate::retry::rate_limit_wait(retry_after, backoff.next_delay());
                 metrics.rate_limit_waits.inc();
                 metrics.rate_limit_wait_seconds.inc_by(wait.as_secs_f64());
                 tracing::warn!(source = %id, wait_ms = wait.as_millis() as u64, "rate limited by anaplan");

@@ -4,6 +4,7 @@
 //! Bearer token. This module only builds requests and classifies answers
 //! into pages or [`SourceError`]s; the stream logic lives in `stream.rs`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -12,6 +13,7 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::budget::RateBudget;
 use crate::config::{AsanaConfig, AsanaFilters};
 use crate::metrics::SourceMetrics;
 use crate::retry::parse_retry_after;
@@ -38,7 +40,8 @@ pub struct Page {
     pub next_offset: Option<String>,
 }
 
-/// A client for one workspace's audit log.
+/// A client for one workspace's audit log. Each request first takes a
+/// token of the source's [`RateBudget`].
 #[derive(Debug, Clone)]
 pub struct AsanaClient {
     http: reqwest::Client,
@@ -47,6 +50,8 @@ pub struct AsanaClient {
     filters: AsanaFilters,
     page_size: u8,
     metrics: SourceMetrics,
+    /// Shared with the source's user lookups.
+    budget: Arc<RateBudget>,
 }
 
 impl AsanaClient {
@@ -68,7 +73,19 @@ impl AsanaClient {
             filters: config.filters.clone(),
             page_size: config.page_size,
             metrics,
+            budget: Arc::new(RateBudget::per_minute(config.requests_per_minute)),
         })
+    }
+
+    /// The source's request budget: every request takes a token of it.
+    pub fn budget(&self) -> &Arc<RateBudget> {
+        &self.budget
+    }
+
+    /// The HTTP client (timeouts, user agent), for the source's other
+    /// requests.
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
     }
 
     /// The page size every request asks for.
@@ -92,15 +109,8 @@ impl AsanaClient {
             query.push(("offset", offset.clone()));
         }
         let with_offset = position.offset.is_some();
-        let mut auth =
-            HeaderValue::from_str(&format!("Bearer {}", self.token.expose())).map_err(|_| {
-                SourceError::Rejected {
-                    status: 0,
-                    message: "the token contains characters not allowed in an HTTP header".into(),
-                }
-            })?;
-        // Keeps the header out of hyper's and reqwest's debug output.
-        auth.set_sensitive(true);
+        let auth = bearer(&self.token)?;
+        self.budget.acquire().await;
         let response = self
             .http
             .get(&self.url)
@@ -161,12 +171,26 @@ impl AsanaClient {
     }
 }
 
+/// The `Authorization` header of a token, marked sensitive. The one place
+/// an Asana token is exposed.
+pub(crate) fn bearer(token: &Secret) -> Result<HeaderValue, SourceError> {
+    let mut auth = HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| {
+        SourceError::Rejected {
+            status: 0,
+            message: "the token contains characters not allowed in an HTTP header".into(),
+        }
+    })?;
+    // Keeps the header out of hyper's and reqwest's debug output.
+    auth.set_sensitive(true);
+    Ok(auth)
+}
+
 /// A page of 100 events is a few hundred KiB; anything far beyond is not
 /// an audit log page, and reading it whole could exhaust memory.
 const MAX_PAGE_BYTES: usize = 32 << 20;
 
 /// Enough of an error body for its message.
-const MAX_ERROR_BYTES: usize = 64 << 10;
+pub(crate) const MAX_ERROR_BYTES: usize = 64 << 10;
 
 /// Reads a body of at most `limit` bytes; a longer one is a transient
 /// failure (a broken proxy, say) and the request is made again later.
@@ -233,7 +257,7 @@ fn parse_page(body: &[u8]) -> Result<Page, SourceError> {
 }
 
 /// The first `errors[].message` of an Asana error body, or a short excerpt.
-fn error_message(body: &[u8]) -> String {
+pub(crate) fn error_message(body: &[u8]) -> String {
     #[derive(Deserialize)]
     struct Errors {
         errors: Vec<ErrorItem>,

@@ -5,14 +5,21 @@
 //! time). Unknown fields, unknown event types and `null` where an object was
 //! expected all pass; a record without a usable id or time is quarantined by
 //! the caller with the reason returned here.
+//!
+//! Enrichment: [`named_users`] lists the user ids an event names (a user
+//! actor, a user resource); the source resolves them and hands the answers
+//! to [`to_outbox`], which fills in `name` and `email` (the directory's
+//! value where it has one, else the event's own) and sets `enrichment`.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::envelope::{self, Client, Envelope, Outcome, Party, SourceRef};
+use crate::enrich::{Resolution, UserInfo};
+use crate::envelope::{self, Client, Enrichment, Envelope, Outcome, Party, SourceRef};
 use crate::state::NewEvent;
 
 /// The fields of an `AuditLogEvent` the envelope uses; everything else stays
@@ -103,6 +110,87 @@ where
     })
 }
 
+/// The users named in an event, the enricher's answers by id.
+pub type Users = HashMap<String, Resolution>;
+
+/// Just the parties, for [`named_users`].
+#[derive(Debug, Deserialize)]
+struct Parties<'a> {
+    #[serde(borrow, default, deserialize_with = "lenient")]
+    actor: Option<Actor<'a>>,
+    #[serde(borrow, default, deserialize_with = "lenient")]
+    resource: Option<Resource<'a>>,
+}
+
+/// The actor's gid when the actor is a user.
+fn actor_user<'x>(actor: Option<&'x Actor<'_>>) -> Option<&'x str> {
+    let actor = actor?;
+    if actor.actor_type.as_deref() != Some("user") {
+        return None;
+    }
+    actor.gid.as_deref().filter(|gid| !gid.trim().is_empty())
+}
+
+/// The resource's gid when the resource is a user.
+fn resource_user<'x>(resource: Option<&'x Resource<'_>>) -> Option<&'x str> {
+    let resource = resource?;
+    if resource.resource_type.as_deref() != Some("user") {
+        return None;
+    }
+    resource.gid.as_deref().filter(|gid| !gid.trim().is_empty())
+}
+
+/// The user ids a record names (actor, target), for the enricher. A record
+/// that does not parse names none (it is quarantined later anyway).
+pub fn named_users(raw: &RawValue) -> Vec<String> {
+    let Ok(parties) = serde_json::from_str::<Parties<'_>>(raw.get()) else {
+        return Vec::new();
+    };
+    let mut ids: Vec<String> = Vec::with_capacity(2);
+    for id in [
+        actor_user(parties.actor.as_ref()),
+        resource_user(parties.resource.as_ref()),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if !ids.iter().any(|known| known == id) {
+            ids.push(id.to_string());
+        }
+    }
+    ids
+}
+
+/// How enrichment went for an event naming `named` users: absent when
+/// enrichment is off (`users` is `None`) or the event names nobody.
+fn enrichment_of(users: Option<&Users>, named: &[&str]) -> Option<Enrichment> {
+    let users = users?;
+    if named.is_empty() {
+        return None;
+    }
+    let mut unknown = false;
+    for id in named {
+        match users.get(*id) {
+            Some(Resolution::Found(_)) => {}
+            Some(Resolution::Unknown) => unknown = true,
+            Some(Resolution::Unavailable) | None => return Some(Enrichment::NotEnriched),
+        }
+    }
+    Some(if unknown {
+        Enrichment::UserUnknown
+    } else {
+        Enrichment::Enriched
+    })
+}
+
+/// The directory's record of `id`, if it found one.
+fn found<'u>(users: Option<&'u Users>, id: Option<&str>) -> Option<&'u UserInfo> {
+    match users?.get(id?)? {
+        Resolution::Found(user) => Some(user),
+        _ => None,
+    }
+}
+
 /// Where an event came from, for its envelope.
 #[derive(Debug, Clone, Copy)]
 pub struct Origin<'a> {
@@ -111,10 +199,12 @@ pub struct Origin<'a> {
 }
 
 /// Builds the outbox entry for one raw record, or says why it cannot.
+/// `users`: the enricher's answers for the page (`None`: enrichment off).
 pub fn to_outbox(
     raw: &RawValue,
     origin: Origin<'_>,
     observed_at: &str,
+    users: Option<&Users>,
 ) -> Result<NewEvent, String> {
     let event: AuditLogEvent<'_> =
         serde_json::from_str(raw.get()).map_err(|e| format!("not an audit log event: {e}"))?;
@@ -132,20 +222,34 @@ pub fn to_outbox(
         .with_timezone(&Utc);
     let event_time = time.timestamp_millis();
 
+    let actor_id = actor_user(event.actor.as_ref());
+    let target_id = resource_user(event.resource.as_ref());
+    let actor_found = found(users, actor_id);
+    let target_found = found(users, target_id);
     let actor = event.actor.as_ref().map(|a| Party {
         kind: a.actor_type.as_deref(),
         subtype: None,
         id: a.gid.as_deref(),
-        name: a.name.as_deref(),
-        email: a.email.as_deref(),
+        name: actor_found
+            .and_then(|u| u.name.as_deref())
+            .or(a.name.as_deref()),
+        email: actor_found
+            .and_then(|u| u.email.as_deref())
+            .or(a.email.as_deref()),
     });
     let target = event.resource.as_ref().map(|r| Party {
         kind: r.resource_type.as_deref(),
         subtype: r.resource_subtype.as_deref(),
         id: r.gid.as_deref(),
-        name: r.name.as_deref(),
-        email: r.email.as_deref(),
+        name: target_found
+            .and_then(|u| u.name.as_deref())
+            .or(r.name.as_deref()),
+        email: target_found
+            .and_then(|u| u.email.as_deref())
+            .or(r.email.as_deref()),
     });
+    let named: Vec<&str> = [actor_id, target_id].into_iter().flatten().collect();
+    let enrichment = enrichment_of(users, &named);
     let client = event.context.as_ref().map(|c| Client {
         ip: c.client_ip_address.as_deref(),
         user_agent: c.user_agent.as_deref(),
@@ -166,7 +270,7 @@ pub fn to_outbox(
     };
     let envelope = Envelope {
         code: None,
-        enrichment: None,
+        enrichment,
         gap: None,
         envelope_version: envelope::ENVELOPE_VERSION,
         source: SourceRef {
@@ -214,7 +318,7 @@ mod tests {
 
     fn build(json: &str) -> Result<(NewEvent, Value), String> {
         let raw: Box<RawValue> = serde_json::from_str(json).unwrap();
-        let event = to_outbox(&raw, ORIGIN, "2026-01-05T10:20:00.000Z")?;
+        let event = to_outbox(&raw, ORIGIN, "2026-01-05T10:20:00.000Z", None)?;
         let value = serde_json::from_str(&event.payload).unwrap();
         Ok((event, value))
     }
@@ -262,5 +366,82 @@ mod tests {
         assert!(err.contains("RFC 3339"), "{err}");
         let err = build(r#"[1,2]"#).unwrap_err();
         assert!(err.contains("not an audit log event"), "{err}");
+    }
+
+    const LOGIN: &str = r#"{"gid":"1","created_at":"2026-01-05T10:15:30Z","event_type":"user_role_changed","actor":{"actor_type":"user","gid":"11","name":"Old Name","email":"old@example.com"},"resource":{"resource_type":"user","gid":"22","name":"Target Event","email":"target@example.com"}}"#;
+
+    fn enriched(json: &str, users: &Users) -> Value {
+        let raw: Box<RawValue> = serde_json::from_str(json).unwrap();
+        let event = to_outbox(&raw, ORIGIN, "2026-01-05T10:20:00.000Z", Some(users)).unwrap();
+        serde_json::from_str(&event.payload).unwrap()
+    }
+
+    fn user(name: Option<&str>, email: Option<&str>) -> Resolution {
+        Resolution::Found(UserInfo {
+            name: name.map(String::from),
+            email: email.map(String::from),
+        })
+    }
+
+    #[test]
+    fn named_users_are_user_actors_and_user_resources() {
+        let raw = |json: &str| -> Box<RawValue> { serde_json::from_str(json).unwrap() };
+        assert_eq!(named_users(&raw(LOGIN)), ["11", "22"]);
+        let same = r#"{"actor":{"actor_type":"user","gid":"5"},"resource":{"resource_type":"user","gid":"5"}}"#;
+        assert_eq!(named_users(&raw(same)), ["5"]);
+        let none =
+            r#"{"actor":{"actor_type":"asana"},"resource":{"resource_type":"task","gid":"9"}}"#;
+        assert!(named_users(&raw(none)).is_empty());
+        let odd = r#"{"actor":"x","resource":{"resource_type":"user","gid":" "}}"#;
+        assert!(named_users(&raw(odd)).is_empty());
+        assert!(named_users(&raw("[1]")).is_empty());
+    }
+
+    #[test]
+    fn lookups_fill_names_and_emails_and_say_how_it_went() {
+        // Both found: the directory's values win; a value it lacks keeps
+        // the event's.
+        let users = Users::from([
+            ("11".into(), user(Some("New Name"), None)),
+            ("22".into(), user(None, Some("t@example.com"))),
+        ]);
+        let v = enriched(LOGIN, &users);
+        assert_eq!(v["actor"]["name"], "New Name");
+        assert_eq!(v["actor"]["email"], "old@example.com");
+        assert_eq!(v["target"]["name"], "Target Event");
+        assert_eq!(v["target"]["email"], "t@example.com");
+        assert_eq!(v["enrichment"], "enriched");
+
+        // A deleted target: what the event says stays.
+        let users = Users::from([
+            ("11".into(), user(Some("New Name"), Some("new@example.com"))),
+            ("22".into(), Resolution::Unknown),
+        ]);
+        let v = enriched(LOGIN, &users);
+        assert_eq!(v["enrichment"], "user_unknown");
+        assert_eq!(v["actor"]["email"], "new@example.com");
+        assert_eq!(v["target"]["email"], "target@example.com");
+
+        // Not known in time (or not asked): not enriched, which wins over
+        // unknown.
+        let users = Users::from([
+            ("11".into(), Resolution::Unavailable),
+            ("22".into(), Resolution::Unknown),
+        ]);
+        let v = enriched(LOGIN, &users);
+        assert_eq!(v["enrichment"], "not_enriched");
+        assert_eq!(v["actor"]["name"], "Old Name");
+        let v = enriched(LOGIN, &Users::new());
+        assert_eq!(v["enrichment"], "not_enriched");
+
+        // Naming nobody: no field; enrichment off: no field.
+        let v = enriched(
+            r#"{"gid":"2","created_at":"2026-01-05T10:15:30Z","actor":{"actor_type":"asana"},"resource":{"resource_type":"task","gid":"9"}}"#,
+            &Users::new(),
+        );
+        assert!(v.get("enrichment").is_none(), "{v}");
+        let (_, v) = build(LOGIN).unwrap();
+        assert!(v.get("enrichment").is_none(), "{v}");
+        assert_eq!(v["actor"]["name"], "Old Name");
     }
 }

@@ -10,7 +10,13 @@
 //! of the events it covers. When the offset is lost (Asana rejects it with
 //! 400, or the filters changed) the stream restarts at `start_at` = newest
 //! stored event − `restart_margin`, and the dedup window drops the repeats.
+//!
+//! Before a page is committed, the users it names are resolved by the
+//! source's [`Enricher`] (within its bound, never longer), and every
+//! request, audit page or user lookup, takes a token of the source's
+//! [`RateBudget`](crate::budget::RateBudget) first.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -18,9 +24,11 @@ use sha2::{Digest, Sha256};
 
 use super::client::{AsanaClient, Page, Position};
 use super::event::{self, Origin};
+use super::users::AsanaUsers;
 use crate::config::{AsanaConfig, StartAt};
+use crate::enrich::Enricher;
 use crate::envelope::format_time;
-use crate::retry::Backoff;
+use crate::retry::{rate_limit_wait, Backoff};
 use crate::source::{sleep_or_cancel, SourceContext, SourceError};
 use crate::state::{NewEvent, Quarantined, SourceCursor, StateError};
 
@@ -59,6 +67,8 @@ pub fn filters_hash(config: &AsanaConfig) -> String {
 pub struct AsanaSource {
     config: AsanaConfig,
     client: AsanaClient,
+    /// `None` when `[enrich] enabled = false`.
+    enricher: Option<Enricher>,
     ctx: SourceContext,
 }
 
@@ -66,12 +76,26 @@ impl AsanaSource {
     /// Builds the source; nothing is requested yet.
     pub fn new(config: AsanaConfig, ctx: SourceContext) -> anyhow::Result<Self> {
         let client = AsanaClient::new(&config, ctx.metrics.clone())?;
+        let enricher = if config.enrich.enabled {
+            let users = AsanaUsers::new(&config, &client, ctx.metrics.clone())?;
+            Some(Enricher::new(
+                config.enrich,
+                ctx.state.clone(),
+                &config.id,
+                ctx.metrics.clone(),
+                Arc::clone(client.budget()),
+                Arc::new(users),
+            ))
+        } else {
+            None
+        };
         ctx.metrics.retention.set(RETENTION.as_secs_f64());
         // A previous instance may have stopped while paused.
         ctx.metrics.paused.set(0);
         Ok(Self {
             config,
             client,
+            enricher,
             ctx,
         })
     }
@@ -105,6 +129,9 @@ impl AsanaSource {
             }
             let position = self.position(&cursor);
             let health = &self.ctx.health;
+            if !self.wait_for_budget().await {
+                break;
+            }
             health.beat("fetching a page", self.config.request_timeout + BEAT_SLACK);
             let fetched = tokio::select! {
                 fetched = self.client.fetch(&position) => fetched,
@@ -293,10 +320,12 @@ impl AsanaSource {
             workspace_gid: &self.config.workspace_gid,
         };
         let received = page.records.len() as u64;
+        let users = self.resolve_users(&page).await;
+        self.ctx.health.beat("committing a page", COMMIT_BOUND);
         let mut events: Vec<NewEvent> = Vec::with_capacity(page.records.len());
         let mut quarantined = Vec::new();
         for (index, raw) in page.records.iter().enumerate() {
-            match event::to_outbox(raw, origin, &observed_at) {
+            match event::to_outbox(raw, origin, &observed_at, users.as_ref()) {
                 Ok(event) => events.push(event),
                 Err(reason) => {
                     tracing::warn!(source = %self.config.id, record = index, reason = %reason, "quarantined a record");
@@ -346,6 +375,43 @@ impl AsanaSource {
         Ok(())
     }
 
+    /// Resolves the users a page names, within the enricher's bound;
+    /// `None` when enrichment is off.
+    async fn resolve_users(&self, page: &Page) -> Option<event::Users> {
+        let enricher = self.enricher.as_ref()?;
+        let named: Vec<String> = page
+            .records
+            .iter()
+            .flat_map(|raw| event::named_users(raw))
+            .collect();
+        if named.is_empty() {
+            return Some(event::Users::new());
+        }
+        let ids: Vec<&str> = named.iter().map(String::as_str).collect();
+        self.ctx
+            .health
+            .beat("enriching a page", enricher.config().bound + BEAT_SLACK);
+        Some(enricher.resolve(&ids).await)
+    }
+
+    /// Waits while the rate budget holds requests back (after a 429, or
+    /// while user lookups used it up), with a heartbeat that covers the
+    /// wait. Returns false on shutdown.
+    async fn wait_for_budget(&self) -> bool {
+        loop {
+            let delay = self.client.budget().delay();
+            if delay.is_zero() {
+                return true;
+            }
+            self.ctx
+                .health
+                .beat("waiting for the rate budget", delay + BEAT_SLACK);
+            if !sleep_or_cancel(delay, &self.ctx.shutdown).await {
+                return false;
+            }
+        }
+    }
+
     /// Decides what an API error means for the cursor and how long to wait.
     async fn on_error(
         &self,
@@ -361,6 +427,8 @@ impl AsanaSource {
         Ok(Some(match error {
             SourceError::RateLimited { retry_after } => {
                 let wait = rate_limit_wait(retry_after, backoff.next_delay());
+                // User lookups wait too: Asana counts every request.
+                self.client.budget().penalize(wait);
                 metrics.rate_limit_waits.inc();
                 metrics.rate_limit_wait_seconds.inc_by(wait.as_secs_f64());
                 tracing::warn!(source = %id, wait_ms = wait.as_millis() as u64, rate_limited = n, "rate limited by asana");
@@ -410,8 +478,8 @@ impl AsanaSource {
         }))
     }
 
-    /// Keeps the state file bounded: the dedup window, and the newest
-    /// [`QUARANTINE_KEEP`] quarantined records.
+    /// Keeps the state file bounded: the dedup window, the newest
+    /// [`QUARANTINE_KEEP`] quarantined records, unexpired cached users.
     async fn prune(&self) {
         let id = self.config.id.clone();
         let window = self.ctx.dedup_window;
@@ -422,12 +490,13 @@ impl AsanaSource {
                 Ok((
                     db.prune_seen(&id, window)?,
                     db.prune_quarantine(QUARANTINE_KEEP)?,
+                    db.prune_user_cache(crate::state::unix_ms_now())?,
                 ))
             })
             .await;
         match pruned {
-            Ok((seen, quarantined)) => {
-                tracing::debug!(source = %self.config.id, seen, quarantined, "pruned the state file");
+            Ok((seen, quarantined, users)) => {
+                tracing::debug!(source = %self.config.id, seen, quarantined, users, "pruned the state file");
                 if quarantined > 0 {
                     tracing::warn!(source = %self.config.id, dropped = quarantined, keep = QUARANTINE_KEEP, "dropped the oldest quarantined records");
                 }
@@ -453,53 +522,7 @@ struct Pacing {
     expired_in_a_row: u32,
 }
 
-/// The longest a `Retry-After` is obeyed; a larger value is the API's
-/// mistake, and waiting it out would silently stop the source.
-const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(15 * 60);
-
-/// How long to wait after a 429: at least what the API asked and at least
-/// our own growing backoff (so `Retry-After: 0` or a date in the past
-/// cannot make a tight loop), at most [`MAX_RATE_LIMIT_WAIT`], plus up to
-/// 10% (at most a second) so that clients told the same time spread out.
-pub(crate) fn rate_limit_wait(asked: Option<Duration>, ours: Duration) -> Duration {
-    let base = asked
-        .map_or(ours, |asked| asked.max(ours))
-        .min(MAX_RATE_LIMIT_WAIT);
-    let jitter = (base / 10)
-        .min(Duration::from_secs(1))
-        .mul_f64(rand::random::<f64>());
-    base.saturating_add(jitter)
-}
-
 /// The earliest start still inside retention, with some slack.
 fn retention_floor(now: DateTime<Utc>) -> DateTime<Utc> {
     now - chrono::Duration::from_std(RETENTION - RETENTION_SLACK).unwrap_or_default()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rate_limit_waits_are_bounded_below_and_above() {
-        let ours = Duration::from_millis(500);
-        // Retry-After 0 (or a date in the past) still waits our backoff.
-        let wait = rate_limit_wait(Some(Duration::ZERO), ours);
-        assert!(wait >= ours && wait <= ours + ours / 10, "{wait:?}");
-        // What the API asks is a floor.
-        let wait = rate_limit_wait(Some(Duration::from_secs(30)), ours);
-        assert!(
-            wait >= Duration::from_secs(30) && wait <= Duration::from_secs(31),
-            "{wait:?}"
-        );
-        // An absurd Retry-After is capped, without overflow.
-        let wait = rate_limit_wait(Some(Duration::from_secs(u64::MAX)), ours);
-        assert!(
-            wait <= MAX_RATE_LIMIT_WAIT + Duration::from_secs(1),
-            "{wait:?}"
-        );
-        // Without Retry-After, our backoff alone.
-        let wait = rate_limit_wait(None, ours);
-        assert!(wait >= ours && wait <= ours + ours / 10, "{wait:?}");
-    }
 }

@@ -9,8 +9,9 @@ use serde::de::DeserializeOwned;
 
 use super::raw;
 use super::{
-    AnaplanConfig, AnaplanCredentials, AsanaConfig, AsanaFilters, Config, FileSinkConfig,
-    HttpConfig, LogConfig, LogFormat, SinkConfig, SinkKind, SourceConfig, StartAt, StateConfig,
+    AnaplanConfig, AnaplanCredentials, AsanaConfig, AsanaFilters, Config, EnrichConfig,
+    FileSinkConfig, HttpConfig, LogConfig, LogFormat, SinkConfig, SinkKind, SourceConfig, StartAt,
+    StateConfig, ASANA_REQUESTS_PER_MINUTE,
 };
 use crate::retry::BackoffPolicy;
 use crate::secret::Secret;
@@ -730,6 +731,11 @@ impl Loader {
                 );
             }
         }
+        let requests_per_minute = raw.requests_per_minute.unwrap_or(ASANA_REQUESTS_PER_MINUTE);
+        if requests_per_minute == 0 {
+            self.problem(format!("{key}.requests_per_minute"), "must be at least 1");
+        }
+        let enrich = self.enrich(key, raw.enrich);
         Some(AsanaConfig {
             id: id.to_string(),
             base_url,
@@ -743,7 +749,39 @@ impl Loader {
             restart_margin: raw.restart_margin.unwrap_or(Duration::from_secs(300)),
             retry,
             slow_retry_interval,
+            requests_per_minute,
+            enrich,
         })
+    }
+
+    /// `[{key}.enrich]`, for any source kind.
+    fn enrich(&mut self, key: &str, raw: raw::Enrich) -> EnrichConfig {
+        let defaults = EnrichConfig::default();
+        let key = format!("{key}.enrich");
+        let ttl = self.positive(&key, "ttl", raw.ttl, defaults.ttl.as_secs());
+        let negative_ttl = self.positive(
+            &key,
+            "negative_ttl",
+            raw.negative_ttl,
+            defaults.negative_ttl.as_secs(),
+        );
+        let bound = raw.bound.unwrap_or(defaults.bound);
+        if bound.is_zero() || bound > MAX_ENRICH_BOUND {
+            self.problem(
+                format!("{key}.bound"),
+                format!(
+                    "{} is outside (0s, {}]: it holds back each page's commit",
+                    humantime::format_duration(bound),
+                    humantime::format_duration(MAX_ENRICH_BOUND)
+                ),
+            );
+        }
+        EnrichConfig {
+            enabled: raw.enabled.unwrap_or(defaults.enabled),
+            ttl,
+            negative_ttl,
+            bound,
+        }
     }
 
     /// Resolves exactly one of `token`, `token_file`, `token_env`,
@@ -1249,6 +1287,9 @@ impl Loader {
         }
     }
 }
+
+/// The longest a page's commit may wait for user lookups.
+const MAX_ENRICH_BOUND: Duration = Duration::from_secs(30);
 
 /// `start_at`: an RFC 3339 time, or a lookback such as `"7d"`.
 fn parse_start_at(text: &str) -> Result<StartAt, String> {

@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 
 pub use load::{check_log_level, load, load_with_env, ConfigErrors, Problem, ENV_PREFIX};
 
+pub use crate::enrich::EnrichConfig;
 use crate::retry::BackoffPolicy;
 use crate::secret::Secret;
 
@@ -151,6 +152,11 @@ pub struct AsanaConfig {
     /// Pace of retries after failures only an operator can fix (401/403,
     /// a rejected request).
     pub slow_retry_interval: Duration,
+    /// Client-side budget of every request the source makes (audit pages
+    /// and user lookups), per minute.
+    pub requests_per_minute: u32,
+    /// User enrichment.
+    pub enrich: EnrichConfig,
 }
 
 /// An Anaplan tenant's audit events (the default tenant of the login).
@@ -195,6 +201,10 @@ pub enum AnaplanCredentials {
     /// A token issued elsewhere; kept alive with `/token/refresh`.
     Token(Secret),
 }
+
+/// Asana's documented limit for paid plans (the Audit Log API needs
+/// Enterprise+): 1,500 requests per minute per token.
+pub const ASANA_REQUESTS_PER_MINUTE: u32 = 1500;
 
 /// Asana's optional query filters. The stream's offset is bound to them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -116,6 +116,22 @@ pub(super) struct Asana {
     pub(super) retry_max: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub(super) slow_retry_interval: Option<Duration>,
+    pub(super) requests_per_minute: Option<u32>,
+    #[serde(default)]
+    pub(super) enrich: Enrich,
+}
+
+/// `[sources.ID.enrich]`: user enrichment, for every source kind.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Enrich {
+    pub(super) enabled: Option<bool>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) ttl: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) negative_ttl: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) bound: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -123,7 +123,7 @@ pub(super) async fn audit_log_events(
 }
 
 /// `GET /api/1.0/users/{user_gid}`: a gid, an email or `me`. Same authentication, rate limits
-/// and injected faults as the audit endpoint.
+/// and injected faults as the audit endpoint, plus `users_down` (503 for this endpoint only).
 pub(super) async fn user(
     State(sim): State<Arc<Simulator>>,
     Path(user_gid): Path<String>,
@@ -132,9 +132,15 @@ pub(super) async fn user(
 ) -> Response {
     let arrived = Utc::now();
     let token = bearer_token(&headers);
-    let response = match sim.admit(token).await {
-        Ok(_permit) => sim.user_record(&user_gid),
-        Err(response) => response,
+    let users_down = lock(&sim.faults).faults.users_down;
+    let response = if users_down {
+        debug!(user_gid, "users endpoint down (fault)");
+        injected_failure(StatusCode::SERVICE_UNAVAILABLE)
+    } else {
+        match sim.admit(token).await {
+            Ok(_permit) => sim.user_record(&user_gid),
+            Err(response) => response,
+        }
     };
     sim.record_request(Endpoint::Users, arrived, token, &uri, &response);
     response

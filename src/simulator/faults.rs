@@ -41,6 +41,9 @@ pub struct Faults {
     pub bad_record_next: u32,
     /// The simulated clock runs this many seconds ahead of real UTC time (may be negative).
     pub clock_advance_secs: i64,
+    /// Every `GET /users/{user_gid}` gets 503 (before authentication and rate limits); the
+    /// audit endpoint is unaffected.
+    pub users_down: bool,
 }
 
 impl Default for Faults {
@@ -58,6 +61,7 @@ impl Default for Faults {
             retry_after_secs: 1,
             bad_record_next: 0,
             clock_advance_secs: 0,
+            users_down: false,
         }
     }
 }
@@ -99,6 +103,7 @@ pub struct FaultUpdate {
     pub retry_after_secs: Option<u64>,
     pub bad_record_next: Option<u32>,
     pub clock_advance_secs: Option<i64>,
+    pub users_down: Option<bool>,
     /// Invalidate every offset issued so far.
     #[serde(default)]
     pub expire_offsets: bool,
@@ -135,7 +140,8 @@ impl FaultUpdate {
             rate_limit_next,
             retry_after_secs,
             bad_record_next,
-            clock_advance_secs
+            clock_advance_secs,
+            users_down
         );
         next
     }

@@ -5,7 +5,8 @@
 //! authentication, filters, signed offsets, streaming `next_page` rule, 90-day retention, rate
 //! limits and error bodies, plus injectable faults; and `GET /api/1.0/users/{user_gid}` (a gid,
 //! an email or `me`) for enrichment, with the same authentication, limits and faults: every
-//! user that appears in events resolves, except the configured deleted users (404).
+//! user that appears in events resolves, except the configured deleted users (404). The
+//! `users_down` fault makes that endpoint alone answer 503.
 //!
 //! The fake Anaplan APIs live in [`anaplan`].
 //!

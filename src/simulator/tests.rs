@@ -803,6 +803,13 @@ async fn users_endpoint_resolves_actors_and_hides_deleted_users() {
     assert_eq!(users["403"], 1);
     assert_eq!(users["503"], 1);
     assert_eq!(stats["by_endpoint"]["audit_log_events"]["200"], 1);
+
+    // `users_down` fails the users endpoint only.
+    h.faults(json!({ "users_down": true })).await;
+    assert_eq!(user("me", Some(TOKEN)).await.0, 503);
+    assert_eq!(h.get(&[]).await.0, 200);
+    h.faults(json!({ "users_down": false })).await;
+    assert_eq!(user("me", Some(TOKEN)).await.0, 200);
 }
 
 #[tokio::test]

@@ -29,6 +29,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "0003_health.sql",
         sql: include_str!("../../migrations/0003_health.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_user_cache.sql",
+        sql: include_str!("../../migrations/0004_user_cache.sql"),
+    },
 ];
 
 /// The schema version this binary writes.

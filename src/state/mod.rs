@@ -1,5 +1,5 @@
 //! The SQLite state file: source cursors, the outbox, the dedup window,
-//! sink progress and quarantined records.
+//! sink progress, quarantined records and the enrichment user cache.
 //!
 //! Every invariant that involves durability is enforced here, in one place:
 //! - [`StateDb::commit_page`] stores a page's new events and the source's new
@@ -885,8 +885,10 @@ fn hex_sha256(bytes: &[u8]) -> String {
 }
 
 mod health;
+mod users;
 
 pub use health::{ComponentRecord, Observation, SinkBacklog, StateProbe};
+pub use users::{CachedUser, CachedUserStatus};
 
 #[cfg(test)]
 mod tests;

@@ -81,6 +81,34 @@ impl Sim {
             .as_u64()
             .unwrap_or(0)
     }
+
+    /// How many requests to `endpoint` (`audit_log_events`, `users`) got
+    /// `status`, or any status.
+    pub(crate) fn endpoint_count(&self, endpoint: &str, status: Option<u16>) -> u64 {
+        let stats = self.stats();
+        let by_status = &stats["by_endpoint"][endpoint];
+        match status {
+            Some(status) => by_status[status.to_string()].as_u64().unwrap_or(0),
+            None => by_status
+                .as_object()
+                .map_or(0, |m| m.values().filter_map(|v| v.as_u64()).sum()),
+        }
+    }
+
+    /// `GET /_sim/requests?limit=N`: the paths of the last N requests.
+    pub(crate) fn request_paths(&self, limit: usize) -> Vec<String> {
+        let url = self
+            .base_url
+            .replace("/api/1.0", &format!("/_sim/requests?limit={limit}"));
+        let log: serde_json::Value = self
+            .runtime
+            .block_on(async { reqwest::get(url).await.unwrap().json().await.unwrap() });
+        log.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["path"].as_str().unwrap().to_string())
+            .collect()
+    }
 }
 
 impl Drop for Sim {

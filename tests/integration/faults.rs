@@ -86,7 +86,7 @@ fn an_expired_offset_restarts_by_time_without_loss_or_repeats() {
         ..FaultUpdate::default()
     });
     // 30 pages make the backlog: the source must still be reading it.
-    let pages = sim.status_count(200);
+    let pages = sim.endpoint_count("audit_log_events", Some(200));
     assert!(
         pages < 30,
         "the backlog was read ({pages} pages) before the offset expired"

@@ -9,6 +9,7 @@ mod config_errors;
 mod delivery;
 mod demo;
 mod deploy;
+mod enrich;
 mod faults;
 mod kafka;
 mod operations;

@@ -69,6 +69,8 @@ fn example_config_is_valid_and_complete() {
         asana.start_at,
         StartAt::Lookback(Duration::from_secs(7 * 86400))
     );
+    assert_eq!(asana.requests_per_minute, 1500);
+    assert_eq!(asana.enrich, crate::enrich::EnrichConfig::default());
     assert_eq!(config.http.listen, Some("127.0.0.1:9464".parse().unwrap()));
     assert_eq!(config.sinks.len(), 4);
     let file = config.sinks.iter().find(|s| s.id == "archive").unwrap();
@@ -89,6 +91,63 @@ fn defaults_fill_a_minimal_config() {
     assert_eq!(asana.base_url, "https://app.asana.com/api/1.0");
     assert_eq!(config.state.dedup_window, Duration::from_secs(86400));
     assert_eq!(config.sinks[0].batch_size, 500);
+    assert_eq!(asana.requests_per_minute, 1500);
+    assert_eq!(asana.enrich, crate::enrich::EnrichConfig::default());
+    assert!(asana.enrich.enabled);
+    assert_eq!(asana.enrich.bound, Duration::from_secs(2));
+}
+
+#[test]
+fn enrichment_and_the_rate_budget_are_configurable() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{MINIMAL}\n[sources.main.enrich]\nttl = \"6h\"\nnegative_ttl = \"10m\"\nbound = \"500ms\"\n"
+    )
+    .replace(
+        "token = \"inline-token\"",
+        "token = \"inline-token\"\nrequests_per_minute = 150",
+    );
+    let vars = env(&[("AUDITRELAY__SOURCES__MAIN__ENRICH__ENABLED", "false")]);
+    let config = load_with_env(&write(&dir, &text), vars).unwrap();
+    let SourceConfig::Asana(asana) = &config.sources[0] else {
+        panic!("not asana")
+    };
+    assert_eq!(asana.requests_per_minute, 150);
+    assert_eq!(
+        asana.enrich,
+        crate::enrich::EnrichConfig {
+            enabled: false,
+            ttl: Duration::from_secs(6 * 3600),
+            negative_ttl: Duration::from_secs(600),
+            bound: Duration::from_millis(500),
+        }
+    );
+}
+
+#[test]
+fn enrichment_problems_name_their_key() {
+    let text = format!(
+        "{MINIMAL}\n[sources.main.enrich]\nttl = \"0s\"\nnegative_ttl = \"sometimes\"\nbound = \"5m\"\ncolour = 1\n"
+    )
+    .replace(
+        "token = \"inline-token\"",
+        "token = \"inline-token\"\nrequests_per_minute = 0",
+    );
+    let found = problems(&text, &[]);
+    let expect = [
+        "sources.main.requests_per_minute: must be at least 1",
+        "sources.main.enrich.ttl: must be longer than zero",
+        "sources.main.enrich.negative_ttl: ",
+        "sources.main.enrich.bound: 5m is outside (0s, 30s]",
+        "sources.main.enrich.colour: unknown key",
+    ];
+    for needle in expect {
+        assert!(
+            found.iter().any(|p| p.starts_with(needle)),
+            "no {needle:?} in {found:#?}"
+        );
+    }
+    assert_eq!(found.len(), expect.len(), "{found:#?}");
 }
 
 #[test]

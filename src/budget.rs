@@ -1,0 +1,193 @@
+//! A source's client-side request budget.
+//!
+//! Every request a source makes to its API (audit pages and user lookups
+//! alike) takes a token from the source's [`RateBudget`] first, so that
+//! together they stay under the API's rate limit instead of finding it with
+//! 429s. Rejected requests count against Asana's quota too, so hitting the
+//! limit only makes things worse. After a 429 the budget is
+//! [penalized](RateBudget::penalize): every request of the source waits,
+//! not only the one that was refused.
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// A token bucket shared by everything that calls one API tenant.
+///
+/// It admits a burst of up to 1/20 of the per-minute rate (at least one
+/// request) and refills the rest evenly. So any 60 seconds see at most
+/// about `requests_per_minute` requests: the burst plus a minute's refill.
+#[derive(Debug)]
+pub struct RateBudget {
+    requests_per_minute: u32,
+    burst: f64,
+    /// Tokens added per second.
+    refill: f64,
+    state: Mutex<Bucket>,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    /// Below zero while requests are reserved ahead of the refill.
+    tokens: f64,
+    last: Instant,
+    /// A 429 told us to stay away until then.
+    not_before: Instant,
+}
+
+impl RateBudget {
+    /// A budget of `requests_per_minute` (0 counts as 1).
+    pub fn per_minute(requests_per_minute: u32) -> Self {
+        let rpm = requests_per_minute.max(1);
+        let burst = (f64::from(rpm) / 20.0).floor().max(1.0);
+        let refill = (f64::from(rpm) - burst).max(1.0) / 60.0;
+        let now = Instant::now();
+        Self {
+            requests_per_minute: rpm,
+            burst,
+            refill,
+            state: Mutex::new(Bucket {
+                tokens: burst,
+                last: now,
+                not_before: now,
+            }),
+        }
+    }
+
+    /// The configured rate.
+    pub fn requests_per_minute(&self) -> u32 {
+        self.requests_per_minute
+    }
+
+    fn bucket(&self) -> MutexGuard<'_, Bucket> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits until a request may be made, and counts it. Never holds the
+    /// lock across the wait. A request whose acquire is cancelled while
+    /// waiting for the refill still used its token: the budget errs on the
+    /// side of fewer requests.
+    pub async fn acquire(&self) {
+        let mut reserved = false;
+        loop {
+            let wait = {
+                let mut bucket = self.bucket();
+                let now = Instant::now();
+                if now < bucket.not_before {
+                    bucket.not_before - now
+                } else if reserved {
+                    return;
+                } else {
+                    self.refill(&mut bucket, now);
+                    bucket.tokens -= 1.0;
+                    reserved = true;
+                    if bucket.tokens >= 0.0 {
+                        return;
+                    }
+                    Duration::from_secs_f64(-bucket.tokens / self.refill)
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// How long an [`acquire`](Self::acquire) made now would wait, without
+    /// counting anything (for heartbeats and logs).
+    pub fn delay(&self) -> Duration {
+        let mut bucket = self.bucket();
+        let now = Instant::now();
+        if now < bucket.not_before {
+            return bucket.not_before - now;
+        }
+        self.refill(&mut bucket, now);
+        if bucket.tokens >= 1.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64((1.0 - bucket.tokens) / self.refill)
+        }
+    }
+
+    /// The API refused a request with 429: nothing using this budget makes
+    /// a request for `wait` (a longer penalty already in force stays).
+    pub fn penalize(&self, wait: Duration) {
+        let mut bucket = self.bucket();
+        let until = Instant::now() + wait;
+        if until > bucket.not_before {
+            bucket.not_before = until;
+        }
+    }
+
+    fn refill(&self, bucket: &mut Bucket, now: Instant) {
+        let elapsed = now.saturating_duration_since(bucket.last).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * self.refill).min(self.burst);
+        bucket.last = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn paces_to_the_rate_after_a_burst() {
+        // 60/min: a burst of 3, then 57 per 60 s.
+        let budget = RateBudget::per_minute(60);
+        let start = Instant::now();
+        for _ in 0..3 {
+            budget.acquire().await;
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO, "the burst is immediate");
+        assert!(budget.delay() > Duration::from_millis(1000));
+        budget.acquire().await;
+        let one = Duration::from_secs_f64(60.0 / 57.0);
+        let elapsed = start.elapsed();
+        assert!(
+            elapsed >= one && elapsed < one + Duration::from_millis(20),
+            "{elapsed:?}"
+        );
+        // Never more than the rate in any minute.
+        let minute = Instant::now();
+        let mut count = 0;
+        while minute.elapsed() < Duration::from_secs(60) {
+            budget.acquire().await;
+            count += 1;
+        }
+        assert!((55..=60).contains(&count), "{count} requests in a minute");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_penalty_holds_everyone_back() {
+        let budget = std::sync::Arc::new(RateBudget::per_minute(1500));
+        budget.acquire().await;
+        budget.penalize(Duration::from_secs(5));
+        // A shorter penalty does not shorten it.
+        budget.penalize(Duration::from_secs(1));
+        assert_eq!(budget.delay(), Duration::from_secs(5));
+        let start = Instant::now();
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let budget = std::sync::Arc::clone(&budget);
+                tokio::spawn(async move { budget.acquire().await })
+            })
+            .collect();
+        for waiter in waiters {
+            waiter.await.unwrap();
+        }
+        let elapsed = start.elapsed();
+        assert!(
+            elapsed >= Duration::from_secs(5) && elapsed < Duration::from_millis(5100),
+            "{elapsed:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tiny_rates_still_make_progress() {
+        let budget = RateBudget::per_minute(0);
+        assert_eq!(budget.requests_per_minute(), 1);
+        budget.acquire().await;
+        let start = Instant::now();
+        budget.acquire().await;
+        assert_eq!(start.elapsed(), Duration::from_secs(60));
+    }
+}

@@ -129,6 +129,8 @@ pub fn config(args: &DemoArgs, base_url: String, anaplan_url: String) -> Config 
                 poll_interval: Duration::from_secs(2),
                 request_timeout: Duration::from_secs(10),
                 overlap: Duration::from_secs(600),
+                requests_per_minute: crate::config::ANAPLAN_REQUESTS_PER_MINUTE,
+                enrich: crate::enrich::EnrichConfig::default(),
                 retry: BackoffPolicy {
                     initial: Duration::from_millis(200),
                     max: Duration::from_secs(10),

@@ -594,5 +594,39 @@ fn insert_bounded(
     memory.insert(id, (resolution, expires_at));
 }
 
+/// The users named in an event, the enricher's answers by id.
+pub type Users = HashMap<String, Resolution>;
+
+/// How enrichment went for an event naming `named` users: absent when
+/// enrichment is off (`users` is `None`) or the event names nobody.
+pub fn enrichment_of(users: Option<&Users>, named: &[&str]) -> Option<crate::envelope::Enrichment> {
+    use crate::envelope::Enrichment;
+    let users = users?;
+    if named.is_empty() {
+        return None;
+    }
+    let mut unknown = false;
+    for id in named {
+        match users.get(*id) {
+            Some(Resolution::Found(_)) => {}
+            Some(Resolution::Unknown) => unknown = true,
+            Some(Resolution::Unavailable) | None => return Some(Enrichment::NotEnriched),
+        }
+    }
+    Some(if unknown {
+        Enrichment::UserUnknown
+    } else {
+        Enrichment::Enriched
+    })
+}
+
+/// The directory's record of `id`, if it found one.
+pub fn found<'u>(users: Option<&'u Users>, id: Option<&str>) -> Option<&'u UserInfo> {
+    match users?.get(id?)? {
+        Resolution::Found(user) => Some(user),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests;

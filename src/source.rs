@@ -68,6 +68,25 @@ impl SourceError {
 }
 
 impl SourceContext {
+    /// Waits while `budget` holds requests back (after a 429, or while user
+    /// lookups used it up), with a heartbeat covering the wait. Returns
+    /// false on shutdown.
+    pub async fn wait_for_budget(&self, budget: &crate::budget::RateBudget) -> bool {
+        loop {
+            let delay = budget.delay();
+            if delay.is_zero() {
+                return true;
+            }
+            self.health.beat(
+                "waiting for the rate budget",
+                delay + Duration::from_secs(30),
+            );
+            if !sleep_or_cancel(delay, &self.shutdown).await {
+                return false;
+            }
+        }
+    }
+
     /// Waits while the outbox holds `max_outbox_events` (sinks are behind),
     /// never dropping anything. Returns false on shutdown.
     pub async fn wait_for_outbox_room(

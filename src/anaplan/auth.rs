@@ -271,3 +271,14 @@ impl Auth {
         })
     }
 }
+
+#[async_trait::async_trait]
+impl super::users::AuthHeader for Auth {
+    async fn header(&self) -> Result<HeaderValue, SourceError> {
+        Auth::header(self).await
+    }
+
+    async fn rejected(&self, _header: &HeaderValue) {
+        self.invalidate().await;
+    }
+}

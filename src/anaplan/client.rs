@@ -12,6 +12,7 @@ use serde_json::value::RawValue;
 
 use super::auth::Auth;
 use crate::asana::client::{describe, read_limited, read_prefix};
+use crate::budget::RateBudget;
 use crate::config::AnaplanConfig;
 use crate::metrics::SourceMetrics;
 use crate::retry::parse_retry_after;
@@ -49,6 +50,7 @@ pub struct AnaplanClient {
     event_type: String,
     page_size: u32,
     metrics: SourceMetrics,
+    budget: Arc<RateBudget>,
 }
 
 impl AnaplanClient {
@@ -70,9 +72,20 @@ impl AnaplanClient {
                 event_type: config.event_type.clone(),
                 page_size: config.page_size,
                 metrics,
+                budget: Arc::new(RateBudget::per_minute(config.requests_per_minute)),
             },
             auth,
         ))
+    }
+
+    /// The source's request budget, shared with user lookups.
+    pub fn budget(&self) -> &Arc<RateBudget> {
+        &self.budget
+    }
+
+    /// The HTTP client (timeouts, user agent), shared with user lookups.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
     }
 
     /// The `limit` of every request.
@@ -98,6 +111,7 @@ impl AnaplanClient {
 
     async fn fetch_once(&self, window: Window, offset: u64) -> Result<Page, SourceError> {
         let header = self.auth.header().await?;
+        self.budget.acquire().await;
         let query = [
             ("type", self.event_type.clone()),
             ("dateFrom", window.from.to_string()),

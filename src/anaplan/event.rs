@@ -10,6 +10,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::catalog::{self, ObjectKind};
+use crate::enrich::{enrichment_of, found, Users};
 use crate::envelope::{
     compact_json, format_time, CodeInfo, Envelope, Gap, Outcome, Party, SourceRef,
 };
@@ -29,8 +30,45 @@ pub struct Parsed {
     pub users: Vec<String>,
 }
 
+/// The user ids a record names (its actor, and its object when the code
+/// says the object is a user), for the enricher; `INTERNAL_*` are not
+/// users. A record that does not parse names none (it is quarantined).
+pub fn named_users(raw: &RawValue) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct Names<'a> {
+        #[serde(rename = "userId", borrow, default)]
+        user: Option<std::borrow::Cow<'a, str>>,
+        #[serde(rename = "objectId", borrow, default)]
+        object: Option<std::borrow::Cow<'a, str>>,
+        #[serde(rename = "eventTypeId", borrow, default)]
+        code: Option<std::borrow::Cow<'a, str>>,
+    }
+    let Ok(names) = serde_json::from_str::<Names<'_>>(raw.get()) else {
+        return Vec::new();
+    };
+    let object_is_user = names
+        .code
+        .as_deref()
+        .and_then(catalog::lookup)
+        .is_some_and(|i| i.object == ObjectKind::User);
+    let mut ids: Vec<String> = Vec::with_capacity(2);
+    let object = names.object.filter(|_| object_is_user);
+    for id in [names.user, object].into_iter().flatten() {
+        if !id.is_empty() && !is_internal(&id) && !ids.iter().any(|known| *known == *id) {
+            ids.push(id.into_owned());
+        }
+    }
+    ids
+}
+
 /// Reads `raw` into an outbox entry, or says why it cannot be read.
-pub fn to_outbox(raw: &RawValue, origin: Origin<'_>, observed_at: &str) -> Result<Parsed, String> {
+/// `users` holds the enricher's answers (`None`: enrichment is off).
+pub fn to_outbox(
+    raw: &RawValue,
+    origin: Origin<'_>,
+    observed_at: &str,
+    users: Option<&Users>,
+) -> Result<Parsed, String> {
     let value: Value = serde_json::from_str(raw.get()).map_err(|e| format!("not JSON: {e}"))?;
     let Value::Object(record) = &value else {
         return Err("not a JSON object".to_string());
@@ -67,15 +105,19 @@ pub fn to_outbox(raw: &RawValue, origin: Origin<'_>, observed_at: &str) -> Resul
         None => Outcome::Unknown,
     };
     let object_is_user = info.is_some_and(|i| i.object == ObjectKind::User);
-    let mut users = Vec::new();
-    users.extend(user.filter(|u| !is_internal(u)).map(str::to_string));
+    let mut users_list = Vec::new();
+    users_list.extend(user.filter(|u| !is_internal(u)).map(str::to_string));
     if object_is_user {
         if let Some(object) = object.filter(|o| !is_internal(o)) {
-            if !users.iter().any(|u| u == object) {
-                users.push(object.to_string());
+            if !users_list.iter().any(|u| u == object) {
+                users_list.push(object.to_string());
             }
         }
     }
+    let named: Vec<&str> = users_list.iter().map(String::as_str).collect();
+    let enrichment = enrichment_of(users, &named);
+    let actor_info = found(users, user);
+    let target_info = found(users, object.filter(|_| object_is_user));
     let compact = compact_json(raw.get());
     let raw_value: &RawValue = serde_json::from_str(&compact).map_err(|e| e.to_string())?;
     let envelope = Envelope {
@@ -94,11 +136,15 @@ pub fn to_outbox(raw: &RawValue, origin: Origin<'_>, observed_at: &str) -> Resul
         actor: user.map(|u| Party {
             kind: Some(if is_internal(u) { "system" } else { "user" }),
             id: Some(u),
+            name: actor_info.and_then(|i| i.name.as_deref()),
+            email: actor_info.and_then(|i| i.email.as_deref()),
             ..Party::default()
         }),
         target: object.map(|o| Party {
             kind: info.map(|i| i.object.as_str()),
             id: Some(o),
+            name: target_info.and_then(|i| i.name.as_deref()),
+            email: target_info.and_then(|i| i.email.as_deref()),
             ..Party::default()
         }),
         client: (text("ipAddress").is_some() || text("userAgent").is_some()).then(|| {
@@ -115,7 +161,7 @@ pub fn to_outbox(raw: &RawValue, origin: Origin<'_>, observed_at: &str) -> Resul
             object: info.map(|i| i.object.as_str()),
             category: info.map(|i| i.category.as_str()),
         }),
-        enrichment: None,
+        enrichment,
         gap: None,
         raw: raw_value,
     };
@@ -126,7 +172,7 @@ pub fn to_outbox(raw: &RawValue, origin: Origin<'_>, observed_at: &str) -> Resul
             event_time: event_date,
             payload,
         },
-        users,
+        users: users_list,
     })
 }
 
@@ -181,7 +227,12 @@ mod tests {
 
     fn build(json: &str) -> Result<(Parsed, Value), String> {
         let raw: Box<RawValue> = serde_json::from_str(json).unwrap();
-        let parsed = to_outbox(&raw, Origin { source_id: "ap" }, "2026-01-01T00:00:00.000Z")?;
+        let parsed = to_outbox(
+            &raw,
+            Origin { source_id: "ap" },
+            "2026-01-01T00:00:00.000Z",
+            None,
+        )?;
         let value = serde_json::from_str(&parsed.event.payload).unwrap();
         Ok((parsed, value))
     }
@@ -240,5 +291,35 @@ mod tests {
         assert_eq!(v["type"], "auditrelay.gap");
         assert_eq!(v["gap"]["from"], "1970-01-01T00:00:01.000Z");
         assert_eq!(marker.event_id, "gap-ap-1000-2000");
+    }
+
+    #[test]
+    fn users_are_named_and_enriched_from_the_lookups() {
+        use crate::enrich::{Resolution, UserInfo};
+        let json = r#"{"id": 7, "eventTypeId": "USR-29", "userId": "aa", "objectId": "bb", "eventDate": 1}"#;
+        let raw: Box<RawValue> = serde_json::from_str(json).unwrap();
+        assert_eq!(named_users(&raw), ["aa", "bb"]);
+        let mut users = Users::new();
+        users.insert(
+            "aa".into(),
+            Resolution::Found(UserInfo {
+                name: Some("Ada".into()),
+                email: Some("ada@example.com".into()),
+            }),
+        );
+        users.insert("bb".into(), Resolution::Unknown);
+        let parsed = to_outbox(&raw, Origin { source_id: "ap" }, "x", Some(&users)).unwrap();
+        let v: Value = serde_json::from_str(&parsed.event.payload).unwrap();
+        assert_eq!(v["actor"]["email"], "ada@example.com");
+        assert_eq!(v["actor"]["name"], "Ada");
+        assert!(v["target"].get("email").is_none());
+        assert_eq!(v["enrichment"], "user_unknown");
+        users.insert("bb".into(), Resolution::Unavailable);
+        let parsed = to_outbox(&raw, Origin { source_id: "ap" }, "x", Some(&users)).unwrap();
+        let v: Value = serde_json::from_str(&parsed.event.payload).unwrap();
+        assert_eq!(v["enrichment"], "not_enriched");
+        // A model object is not a user.
+        let raw: Box<RawValue> = serde_json::from_str(r#"{"id": 8, "eventTypeId": "USR-13", "userId": "aa", "objectId": "m1", "eventDate": 1}"#).unwrap();
+        assert_eq!(named_users(&raw), ["aa"]);
     }
 }

@@ -27,7 +27,9 @@ use serde::{Deserialize, Serialize};
 use super::auth::Auth;
 use super::client::{AnaplanClient, Page, Window, ROLE_MISSING};
 use super::event::{self, Origin};
+use super::users::{AnaplanUsers, AuthHeader};
 use crate::config::{AnaplanConfig, StartAt};
+use crate::enrich::{Enricher, Users};
 use crate::envelope::format_time;
 use crate::retry::Backoff;
 use crate::source::{sleep_or_cancel, SourceContext, SourceError};
@@ -81,6 +83,8 @@ pub struct AnaplanSource {
     config: AnaplanConfig,
     client: AnaplanClient,
     auth: Arc<Auth>,
+    /// `None` when `[enrich] enabled = false`.
+    enricher: Option<Enricher>,
     ctx: SourceContext,
 }
 
@@ -88,12 +92,34 @@ impl AnaplanSource {
     /// Builds the source; nothing is requested yet.
     pub fn new(config: AnaplanConfig, ctx: SourceContext) -> anyhow::Result<Self> {
         let (client, auth) = AnaplanClient::new(&config, ctx.metrics.clone())?;
+        let enricher = if config.enrich.enabled {
+            // The users API lives at the Integration API's origin.
+            let origin = config.api_url.trim_end_matches("/2/0");
+            let users = AnaplanUsers::new(
+                origin,
+                client.http().clone(),
+                Arc::clone(&auth) as Arc<dyn AuthHeader>,
+                ctx.metrics.clone(),
+                Arc::clone(client.budget()),
+            )?;
+            Some(Enricher::new(
+                config.enrich,
+                ctx.state.clone(),
+                &config.id,
+                ctx.metrics.clone(),
+                Arc::clone(client.budget()),
+                Arc::new(users),
+            ))
+        } else {
+            None
+        };
         ctx.metrics.retention.set(RETENTION.as_secs_f64());
         ctx.metrics.paused.set(0);
         Ok(Self {
             config,
             client,
             auth,
+            enricher,
             ctx,
         })
     }
@@ -129,6 +155,9 @@ impl AnaplanSource {
                     window
                 }
             };
+            if !self.ctx.wait_for_budget(self.client.budget()).await {
+                break;
+            }
             health.beat(
                 "fetching a page",
                 self.config.request_timeout * 3 + BEAT_SLACK,
@@ -330,10 +359,11 @@ impl AnaplanSource {
             source_id: &self.config.id,
         };
         let count = page.records.len() as u64;
+        let users = self.resolve_users(&page).await;
         let mut events: Vec<NewEvent> = Vec::with_capacity(page.records.len());
         let mut quarantined = Vec::new();
         for (index, raw) in page.records.iter().enumerate() {
-            match event::to_outbox(raw, origin, &observed_at) {
+            match event::to_outbox(raw, origin, &observed_at, users.as_ref()) {
                 Ok(parsed) => events.push(parsed.event),
                 Err(reason) => {
                     tracing::warn!(source = %self.config.id, record = index, reason = %reason, "quarantined a record");
@@ -417,6 +447,25 @@ impl AnaplanSource {
         Ok(more)
     }
 
+    /// Resolves the users a page names, within the enricher's bound;
+    /// `None` when enrichment is off.
+    async fn resolve_users(&self, page: &Page) -> Option<Users> {
+        let enricher = self.enricher.as_ref()?;
+        let named: Vec<String> = page
+            .records
+            .iter()
+            .flat_map(|raw| event::named_users(raw))
+            .collect();
+        if named.is_empty() {
+            return Some(Users::new());
+        }
+        let ids: Vec<&str> = named.iter().map(String::as_str).collect();
+        self.ctx
+            .health
+            .beat("enriching a page", enricher.config().bound + BEAT_SLACK);
+        Some(enricher.resolve(&ids).await)
+    }
+
     /// What an API error means and how long to wait.
     fn on_error(&self, error: SourceError, backoff: &mut Backoff) -> Duration {
         let id = &self.config.id;
@@ -426,6 +475,8 @@ impl AnaplanSource {
         match error {
             SourceError::RateLimited { retry_after } => {
                 let wait = crate::retry::rate_limit_wait(retry_after, backoff.next_delay());
+                // User lookups share the budget: they wait too.
+                self.client.budget().penalize(wait);
                 metrics.rate_limit_waits.inc();
                 metrics.rate_limit_wait_seconds.inc_by(wait.as_secs_f64());
                 tracing::warn!(source = %id, wait_ms = wait.as_millis() as u64, "rate limited by anaplan");
@@ -501,6 +552,11 @@ mod tests {
             overlap: Duration::from_secs(600),
             retry: BackoffPolicy::default(),
             slow_retry_interval: Duration::from_secs(1),
+            requests_per_minute: 600,
+            enrich: crate::enrich::EnrichConfig {
+                enabled: false,
+                ..crate::enrich::EnrichConfig::default()
+            },
         };
         let ctx = SourceContext {
             state: SharedState::open(&dir.join("state.db")).unwrap(),

@@ -12,14 +12,12 @@
 //! value where it has one, else the event's own) and sets `enrichment`.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::enrich::{Resolution, UserInfo};
-use crate::envelope::{self, Client, Enrichment, Envelope, Outcome, Party, SourceRef};
+use crate::envelope::{self, Client, Envelope, Outcome, Party, SourceRef};
 use crate::state::NewEvent;
 
 /// The fields of an `AuditLogEvent` the envelope uses; everything else stays
@@ -110,8 +108,8 @@ where
     })
 }
 
-/// The users named in an event, the enricher's answers by id.
-pub type Users = HashMap<String, Resolution>;
+pub use crate::enrich::Users;
+use crate::enrich::{enrichment_of, found};
 
 /// Just the parties, for [`named_users`].
 #[derive(Debug, Deserialize)]
@@ -159,36 +157,6 @@ pub fn named_users(raw: &RawValue) -> Vec<String> {
         }
     }
     ids
-}
-
-/// How enrichment went for an event naming `named` users: absent when
-/// enrichment is off (`users` is `None`) or the event names nobody.
-fn enrichment_of(users: Option<&Users>, named: &[&str]) -> Option<Enrichment> {
-    let users = users?;
-    if named.is_empty() {
-        return None;
-    }
-    let mut unknown = false;
-    for id in named {
-        match users.get(*id) {
-            Some(Resolution::Found(_)) => {}
-            Some(Resolution::Unknown) => unknown = true,
-            Some(Resolution::Unavailable) | None => return Some(Enrichment::NotEnriched),
-        }
-    }
-    Some(if unknown {
-        Enrichment::UserUnknown
-    } else {
-        Enrichment::Enriched
-    })
-}
-
-/// The directory's record of `id`, if it found one.
-fn found<'u>(users: Option<&'u Users>, id: Option<&str>) -> Option<&'u UserInfo> {
-    match users?.get(id?)? {
-        Resolution::Found(user) => Some(user),
-        _ => None,
-    }
 }
 
 /// Where an event came from, for its envelope.
@@ -309,6 +277,7 @@ fn outcome(event_type: Option<&str>) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::enrich::{Resolution, UserInfo};
     use serde_json::Value;
 
     const ORIGIN: Origin<'static> = Origin {

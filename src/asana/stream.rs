@@ -129,7 +129,7 @@ impl AsanaSource {
             }
             let position = self.position(&cursor);
             let health = &self.ctx.health;
-            if !self.wait_for_budget().await {
+            if !self.ctx.wait_for_budget(self.client.budget()).await {
                 break;
             }
             health.beat("fetching a page", self.config.request_timeout + BEAT_SLACK);
@@ -392,24 +392,6 @@ impl AsanaSource {
             .health
             .beat("enriching a page", enricher.config().bound + BEAT_SLACK);
         Some(enricher.resolve(&ids).await)
-    }
-
-    /// Waits while the rate budget holds requests back (after a 429, or
-    /// while user lookups used it up), with a heartbeat that covers the
-    /// wait. Returns false on shutdown.
-    async fn wait_for_budget(&self) -> bool {
-        loop {
-            let delay = self.client.budget().delay();
-            if delay.is_zero() {
-                return true;
-            }
-            self.ctx
-                .health
-                .beat("waiting for the rate budget", delay + BEAT_SLACK);
-            if !sleep_or_cancel(delay, &self.ctx.shutdown).await {
-                return false;
-            }
-        }
     }
 
     /// Decides what an API error means for the cursor and how long to wait.

@@ -640,6 +640,13 @@ impl Loader {
             self.problem(format!("{key}.overlap"), "at most 1d");
         }
         let retry = self.backoff(key, raw.retry_initial, raw.retry_max);
+        let requests_per_minute = raw
+            .requests_per_minute
+            .unwrap_or(crate::config::ANAPLAN_REQUESTS_PER_MINUTE);
+        if requests_per_minute == 0 {
+            self.problem(format!("{key}.requests_per_minute"), "must be at least 1");
+        }
+        let enrich = self.enrich(key, raw.enrich);
         Some(AnaplanConfig {
             id: id.to_string(),
             auth_url,
@@ -654,6 +661,8 @@ impl Loader {
             overlap,
             retry,
             slow_retry_interval,
+            requests_per_minute,
+            enrich,
         })
     }
 

@@ -185,7 +185,14 @@ pub struct AnaplanConfig {
     pub retry: BackoffPolicy,
     /// Pace of retries after failures only an operator can fix.
     pub slow_retry_interval: Duration,
+    /// Client-side request budget shared by event pages and user lookups.
+    pub requests_per_minute: u32,
+    pub enrich: EnrichConfig,
 }
+
+/// Anaplan publishes no limit for its APIs; 600 requests per minute per
+/// tenant is the commonly cited one (audit-apis.md §1.13).
+pub const ANAPLAN_REQUESTS_PER_MINUTE: u32 = 600;
 
 /// How the Anaplan source logs in.
 #[derive(Debug, Clone)]

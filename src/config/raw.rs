@@ -81,6 +81,9 @@ pub(super) struct Anaplan {
     pub(super) request_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub(super) overlap: Option<Duration>,
+    pub(super) requests_per_minute: Option<u32>,
+    #[serde(default)]
+    pub(super) enrich: Enrich,
     #[serde(default, with = "humantime_serde")]
     pub(super) retry_initial: Option<Duration>,
     #[serde(default, with = "humantime_serde")]

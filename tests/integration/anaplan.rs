@@ -351,3 +351,107 @@ fn anaplan_config_errors_name_their_keys() {
     assert!(err.contains("sources.anaplan_it.certificate_file"), "{err}");
     assert!(err.contains("sources.anaplan_it.private_key_file"), "{err}");
 }
+
+#[test]
+fn users_are_looked_up_once_and_deleted_ones_are_remembered() {
+    let sim = Anaplan::start(AnaplanSimConfig {
+        seed: 8,
+        backlog: 2000,
+        rate: 0.0,
+        max_live: Some(0),
+        late_share: 0.0,
+        users: 30,
+        deleted_users: 4,
+        ..AnaplanSimConfig::default()
+    });
+    let work = Workdir::new();
+    let config = config(&work, &sim, &basic(AUDITOR), "");
+    let daemon = Daemon::start(&config, work.path("daemon.log"));
+    wait_until(Duration::from_secs(60), "2000 events", || {
+        Delivered::read(&work.out()).unique() == sim.ids()
+    });
+    assert!(daemon.terminate().success());
+    let delivered = Delivered::read(&work.out());
+    let named: BTreeSet<String> = delivered
+        .lines
+        .iter()
+        .flat_map(|l| {
+            let actor = (l["actor"]["type"] == "user").then(|| l["actor"]["id"].clone());
+            let target = (l["target"]["type"] == "user").then(|| l["target"]["id"].clone());
+            [actor, target]
+        })
+        .flatten()
+        .filter_map(|id| id.as_str().map(str::to_string))
+        .collect();
+    let gets = sim.sim.calls(AnaplanEndpoint::UsersGet);
+    let lists = sim.sim.calls(AnaplanEndpoint::UsersList);
+    assert!(
+        gets + lists <= named.len() as u64 + 5,
+        "{gets} user lookups and {lists} list pages for {} distinct users",
+        named.len()
+    );
+    assert!(gets <= named.len() as u64, "a user was looked up twice");
+    let enriched: Vec<&serde_json::Value> = delivered
+        .lines
+        .iter()
+        .filter(|l| l["enrichment"] == "enriched")
+        .collect();
+    assert!(!enriched.is_empty());
+    assert!(
+        enriched
+            .iter()
+            .filter(|l| l["actor"]["type"] == "user")
+            .all(|l| l["actor"]["email"].is_string() && l["actor"]["name"].is_string()),
+        "enriched without a name or email"
+    );
+    let unknown = delivered
+        .lines
+        .iter()
+        .filter(|l| l["enrichment"] == "user_unknown")
+        .count();
+    assert!(unknown > 0, "no event named a deleted user");
+    assert!(!delivered
+        .lines
+        .iter()
+        .any(|l| l["enrichment"] == "not_enriched"));
+    // System actors are not users: no lookup, no enrichment status.
+    assert!(delivered
+        .lines
+        .iter()
+        .filter(|l| l["actor"]["type"] == "system" && l["target"]["type"] != "user")
+        .all(|l| l.get("enrichment").is_none()));
+}
+
+#[test]
+fn with_the_users_api_down_events_still_flow_marked_not_enriched() {
+    let sim = Anaplan::start(AnaplanSimConfig {
+        seed: 9,
+        backlog: 1000,
+        rate: 0.0,
+        max_live: Some(0),
+        late_share: 0.0,
+        ..AnaplanSimConfig::default()
+    });
+    sim.faults(AnaplanFaultUpdate {
+        users_down: Some(true),
+        ..AnaplanFaultUpdate::default()
+    });
+    let work = Workdir::new();
+    let config = config(&work, &sim, &basic(AUDITOR), "");
+    let daemon = Daemon::start(&config, work.path("daemon.log"));
+    wait_until(Duration::from_secs(60), "1000 events", || {
+        Delivered::read(&work.out()).unique() == sim.ids()
+    });
+    assert!(daemon.terminate().success());
+    let delivered = Delivered::read(&work.out());
+    let with_users: Vec<&serde_json::Value> = delivered
+        .lines
+        .iter()
+        .filter(|l| l.get("enrichment").is_some())
+        .collect();
+    assert!(with_users.len() > 500);
+    assert!(
+        with_users.iter().all(|l| l["enrichment"] == "not_enriched"),
+        "an event claims enrichment while the users API was down"
+    );
+}

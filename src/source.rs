@@ -67,7 +67,41 @@ impl SourceError {
     }
 }
 
+/// Quarantined records kept in the state file (the newest).
+pub const QUARANTINE_KEEP: u64 = 100_000;
+
+/// How often a source prunes the state file.
+pub const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
 impl SourceContext {
+    /// Keeps the state file bounded: the source's dedup window, the newest
+    /// [`QUARANTINE_KEEP`] quarantined records, unexpired cached users.
+    pub async fn prune(&self, source: &str) {
+        let id = source.to_string();
+        let window = self.dedup_window;
+        let pruned = self
+            .state
+            .call(move |db| {
+                Ok((
+                    db.prune_seen(&id, window)?,
+                    db.prune_quarantine(QUARANTINE_KEEP)?,
+                    db.prune_user_cache(crate::state::unix_ms_now())?,
+                ))
+            })
+            .await;
+        match pruned {
+            Ok((seen, quarantined, users)) => {
+                tracing::debug!(source = %source, seen, quarantined, users, "pruned the state file");
+                if quarantined > 0 {
+                    tracing::warn!(source = %source, dropped = quarantined, keep = QUARANTINE_KEEP, "dropped the oldest quarantined records");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(source = %source, error = %e, "pruning the state file failed")
+            }
+        }
+    }
+
     /// Waits while `budget` holds requests back (after a 429, or while user
     /// lookups used it up), with a heartbeat covering the wait. Returns
     /// false on shutdown.

@@ -31,6 +31,31 @@ const ASSUMED_LIFETIME: Duration = Duration::from_secs(30 * 60);
 /// Random bytes signed in a certificate login (the service wants 100+).
 const NONCE_LEN: usize = 150;
 
+/// In the message of an error from the token service itself: the
+/// credentials were refused, so logging in again would only repeat it.
+pub const LOGIN_REFUSED: &str = "was refused by the token service";
+
+/// Only the `CERTIFICATE` blocks of a PEM file: a combined certificate and
+/// key file must never send its key. `None` if it holds no certificate.
+pub fn certificates_only(pem: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in pem.lines() {
+        let line = line.trim();
+        if line == "-----BEGIN CERTIFICATE-----" {
+            inside = true;
+        }
+        if inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+        if line == "-----END CERTIFICATE-----" {
+            inside = false;
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
 /// Parses an RSA private key (PKCS #8 or PKCS #1 PEM), as certificate
 /// logins need; the error names what is wrong without the key.
 pub fn load_private_key(pem: &str) -> Result<RsaKeyPair, String> {
@@ -109,11 +134,27 @@ impl Auth {
     /// again (a pre-issued token cannot be replaced: it is refreshed).
     pub async fn invalidate(&self) {
         let mut token = self.token.lock().await;
+        Self::drop_token(&mut token, &self.credentials);
+    }
+
+    /// Like [`Auth::invalidate`], but only if `rejected` is still the token
+    /// in use: concurrent 401s must not discard a token just renewed.
+    pub async fn invalidate_if_current(&self, rejected: &HeaderValue) {
+        let mut token = self.token.lock().await;
+        let current = token
+            .as_ref()
+            .map(|t| format!("AnaplanAuthToken {}", t.value.expose()));
+        if current.as_deref().map(str::as_bytes) == Some(rejected.as_bytes()) {
+            Self::drop_token(&mut token, &self.credentials);
+        }
+    }
+
+    fn drop_token(token: &mut Option<Token>, credentials: &AnaplanCredentials) {
         if let Some(t) = token.as_mut() {
             // Due now: refreshed (or, failing that, logged in again).
             t.refresh_at = tokio::time::Instant::now();
         }
-        if !matches!(self.credentials, AnaplanCredentials::Token(_)) {
+        if !matches!(credentials, AnaplanCredentials::Token(_)) {
             *token = None;
         }
     }
@@ -161,10 +202,12 @@ impl Auth {
                     "CACertificate {}",
                     STANDARD.encode(certificate_pem.as_bytes())
                 );
-                let header = HeaderValue::from_str(&header).map_err(|_| SourceError::Rejected {
-                    status: 0,
-                    message: "the certificate does not fit in an HTTP header".into(),
-                })?;
+                let mut header =
+                    HeaderValue::from_str(&header).map_err(|_| SourceError::Rejected {
+                        status: 0,
+                        message: "the certificate does not fit in an HTTP header".into(),
+                    })?;
+                header.set_sensitive(true);
                 self.http
                     .post(&url)
                     .header(AUTHORIZATION, header)
@@ -177,18 +220,16 @@ impl Auth {
                         .to_string(),
                     )
             }
-            // Nothing to log in with: keep using (and refreshing) it.
-            AnaplanCredentials::Token(token) => {
-                return Ok(Token {
-                    value: token.clone(),
-                    refresh_at: tokio::time::Instant::now() + ASSUMED_LIFETIME - REFRESH_BEFORE,
-                });
-            }
+            // Nothing to log in with: refresh it at once, which says how
+            // long it lives (and whether it still does).
+            AnaplanCredentials::Token(token) => return self.refresh(token).await,
         };
-        let response = request
-            .send()
-            .await
-            .map_err(|e| SourceError::Transient(format!("logging in: {e}")))?;
+        let response = request.send().await.map_err(|e| {
+            SourceError::Transient(format!(
+                "logging in: {}",
+                crate::asana::client::describe(&e)
+            ))
+        })?;
         self.token_from(response, "logging in").await
     }
 
@@ -205,7 +246,12 @@ impl Auth {
             .header(AUTHORIZATION, header)
             .send()
             .await
-            .map_err(|e| SourceError::Transient(format!("refreshing the token: {e}")))?;
+            .map_err(|e| {
+                SourceError::Transient(format!(
+                    "refreshing the token: {}",
+                    crate::asana::client::describe(&e)
+                ))
+            })?;
         match self.token_from(response, "refreshing the token").await {
             // The service may answer without the value: it keeps the same.
             Ok(mut token) if token.value.expose().is_empty() => {
@@ -236,7 +282,7 @@ impl Auth {
             return Err(SourceError::Unauthorized {
                 status: status.as_u16(),
                 message: format!(
-                    "{doing} was refused ({}): {}",
+                    "{doing} {LOGIN_REFUSED} ({}): {}",
                     if service_status.is_empty() {
                         "no status"
                     } else {
@@ -263,11 +309,14 @@ impl Auth {
                 Duration::from_millis(u64::try_from(left).unwrap_or(0))
             })
             .unwrap_or(ASSUMED_LIFETIME);
-        // Refresh five minutes early, or halfway for short lifetimes.
+        // Refresh five minutes early, or halfway for short lifetimes; never
+        // more often than every second (a clock far ahead of the service's
+        // would otherwise refresh before every request).
         let early = REFRESH_BEFORE.min(lifetime / 2);
+        let after = lifetime.saturating_sub(early).max(Duration::from_secs(1));
         Ok(Token {
             value: Secret::new(value),
-            refresh_at: tokio::time::Instant::now() + lifetime.saturating_sub(early),
+            refresh_at: tokio::time::Instant::now() + after,
         })
     }
 }
@@ -278,7 +327,35 @@ impl super::users::AuthHeader for Auth {
         Auth::header(self).await
     }
 
-    async fn rejected(&self, _header: &HeaderValue) {
-        self.invalidate().await;
+    async fn rejected(&self, header: &HeaderValue) {
+        self.invalidate_if_current(header).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_combined_file_sends_only_its_certificates() {
+        let pem = "-----BEGIN PRIVATE KEY-----\nSECRETKEY\n-----END PRIVATE KEY-----\n-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        let only = certificates_only(pem).unwrap();
+        assert_eq!(
+            only,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+        );
+        assert!(
+            certificates_only("-----BEGIN PRIVATE KEY-----\nX\n-----END PRIVATE KEY-----\n")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn private_keys_are_checked_without_echoing_them() {
+        let error =
+            load_private_key("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+                .unwrap_err();
+        assert!(!error.contains("AAAA"), "{error}");
+        assert!(load_private_key("not a key").is_err());
     }
 }

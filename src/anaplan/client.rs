@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::auth::Auth;
+use super::auth::{Auth, LOGIN_REFUSED};
 use crate::asana::client::{describe, read_limited, read_prefix};
 use crate::budget::RateBudget;
 use crate::config::AnaplanConfig;
@@ -100,7 +100,9 @@ impl AnaplanClient {
             Err(SourceError::Unauthorized {
                 status: 401,
                 message,
-            }) if !message.contains(ROLE_MISSING) => {
+            }) if !message.contains(ROLE_MISSING) && !message.contains(LOGIN_REFUSED) => {
+                // Not after the missing role, and not after the token
+                // service refused the login itself: both would repeat.
                 tracing::info!(error = %message, "anaplan rejected the token; logging in again");
                 self.auth.invalidate().await;
                 self.fetch_once(window, offset).await

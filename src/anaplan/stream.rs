@@ -28,11 +28,11 @@ use super::auth::Auth;
 use super::client::{AnaplanClient, Page, Window, ROLE_MISSING};
 use super::event::{self, Origin};
 use super::users::{AnaplanUsers, AuthHeader};
-use crate::config::{AnaplanConfig, StartAt};
+use crate::config::{AnaplanConfig, AnaplanCredentials, StartAt};
 use crate::enrich::{Enricher, Users};
 use crate::envelope::format_time;
 use crate::retry::Backoff;
-use crate::source::{sleep_or_cancel, SourceContext, SourceError};
+use crate::source::{sleep_or_cancel, SourceContext, SourceError, PRUNE_EVERY};
 use crate::state::{NewEvent, Quarantined, SourceCursor, StateError};
 
 /// Anaplan keeps events 30 days.
@@ -45,6 +45,9 @@ const RETENTION_SLACK: Duration = Duration::from_secs(3600);
 /// Passes over one window before accepting it as read (events keep being
 /// stored late into a busy window; the next poll's overlap reads them).
 const MAX_PASSES: u32 = 5;
+
+/// How often a pre-issued token is checked (and refreshed when due).
+const KEEPALIVE_EVERY: Duration = Duration::from_secs(5 * 60);
 
 /// Added to heartbeat deadlines.
 const BEAT_SLACK: Duration = Duration::from_secs(30);
@@ -140,12 +143,33 @@ impl AnaplanSource {
         let id = self.config.id.clone();
         let (mut cursor, mut progress) = self.load_cursor().await?;
         let mut backoff = Backoff::new(self.config.retry);
+        let mut last_prune = tokio::time::Instant::now();
         let shutdown = self.ctx.shutdown.clone();
+        // A pre-issued token has nobody to log in again: keep it alive even
+        // while the source waits (a full outbox, a long rate limit).
+        let keepalive = matches!(self.config.credentials, AnaplanCredentials::Token(_)).then(|| {
+            let auth = Arc::clone(&self.auth);
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                while sleep_or_cancel(KEEPALIVE_EVERY, &stop).await {
+                    if let Err(error) = auth.header().await {
+                        tracing::warn!(error = %error, "keeping the anaplan token alive failed");
+                    }
+                }
+            })
+        });
         let health = &self.ctx.health;
         tracing::info!(source = %id, resuming = cursor.last_event_time.is_some(), "anaplan source started");
         while !shutdown.is_cancelled() {
             if !self.ctx.wait_for_outbox_room(&self.config.id).await? {
                 break;
+            }
+            // A window that started reading before a long outage may have
+            // slid out of retention meanwhile: what is gone is a gap, and
+            // the window starts again within retention.
+            let floor = retention_floor(Utc::now().timestamp_millis());
+            if progress.window.is_some_and(|w| w.from < floor - 60_000) {
+                progress.window = None;
             }
             let window = match progress.window {
                 Some(window) => window,
@@ -155,12 +179,18 @@ impl AnaplanSource {
                     window
                 }
             };
+            if last_prune.elapsed() >= PRUNE_EVERY {
+                last_prune = tokio::time::Instant::now();
+                self.ctx.prune(&self.config.id).await;
+            }
             if !self.ctx.wait_for_budget(self.client.budget()).await {
                 break;
             }
+            // A fetch may log in (twice after a 401) and wait for the
+            // budget if a user lookup met a 429 meanwhile.
             health.beat(
                 "fetching a page",
-                self.config.request_timeout * 3 + BEAT_SLACK,
+                self.config.request_timeout * 5 + crate::retry::MAX_RATE_LIMIT_WAIT + BEAT_SLACK,
             );
             let fetched = tokio::select! {
                 fetched = self.client.fetch(Window { from: window.from, to: window.to }, window.offset) => fetched,
@@ -197,7 +227,14 @@ impl AnaplanSource {
                         }
                     }
                 }
-                Err(error) => Some(self.on_error(error, &mut backoff)),
+                Err(error) => {
+                    // The API refuses this window (a 400): compute it anew
+                    // next time rather than repeat it forever.
+                    if matches!(error, SourceError::Rejected { .. }) {
+                        progress.window = None;
+                    }
+                    Some(self.on_error(error, &mut backoff))
+                }
             };
             if let Some(delay) = delay {
                 health.beat("waiting for the next poll", delay + BEAT_SLACK);
@@ -205,6 +242,9 @@ impl AnaplanSource {
                     break;
                 }
             }
+        }
+        if let Some(keepalive) = keepalive {
+            keepalive.abort();
         }
         tracing::info!(source = %id, "anaplan source stopped");
         Ok(())
@@ -360,6 +400,7 @@ impl AnaplanSource {
         };
         let count = page.records.len() as u64;
         let users = self.resolve_users(&page).await;
+        self.ctx.health.beat("committing a page", COMMIT_BOUND);
         let mut events: Vec<NewEvent> = Vec::with_capacity(page.records.len());
         let mut quarantined = Vec::new();
         for (index, raw) in page.records.iter().enumerate() {
@@ -374,18 +415,39 @@ impl AnaplanSource {
                 }
             }
         }
-        // Without paging data the page is the whole result.
-        let total = page.total.unwrap_or(window.offset + count);
-        if window.first_total.is_none() {
-            window.first_total = Some(total);
-        }
         window.offset += count;
         window.received += count;
-        let end_of_pass =
-            count == 0 || count < u64::from(self.client.page_size()) || window.offset >= total;
+        // With paging data, a pass ends at `totalSize` (a short page from a
+        // server that caps `limit` is not the end) or on an empty page.
+        // Without it (small results), a page shorter than asked is the end.
+        let end_of_pass = match page.total {
+            Some(total) => count == 0 || window.offset >= total,
+            None => count < u64::from(self.client.page_size()),
+        };
+        if window.first_total.is_none() {
+            window.first_total = page.total;
+        }
+        let total = page.total.unwrap_or(window.offset);
         let mut more = !end_of_pass;
         if end_of_pass {
-            let stable = window.first_total == Some(total) && window.received == total;
+            // Stable: the same `totalSize` at the start and the end of the
+            // pass, and that many records received (nothing shifted).
+            // Without paging data there is nothing to compare.
+            let stable = match (window.first_total, page.total) {
+                (Some(first), Some(last)) => first == last && window.received == last,
+                _ => true,
+            };
+            if !stable && window.pass >= MAX_PASSES {
+                tracing::warn!(
+                    source = %self.config.id,
+                    passes = window.pass,
+                    first_total = window.first_total,
+                    total,
+                    received = window.received,
+                    "the window kept changing while it was read; accepting it (the next poll's overlap reads again from the newest event)"
+                );
+                self.ctx.metrics.error("unstable_window");
+            }
             if !stable && window.pass < MAX_PASSES {
                 tracing::debug!(
                     source = %self.config.id,
@@ -413,8 +475,11 @@ impl AnaplanSource {
         }
         let mut next = cursor.clone();
         if let Some(newest) = events.iter().max_by_key(|e| e.event_time) {
-            if next.last_event_time.is_none_or(|t| newest.event_time >= t) {
-                next.last_event_time = Some(newest.event_time);
+            // An event dated past the window (a server quirk) must not move
+            // the next window beyond events never read.
+            let newest_time = newest.event_time.min(window.to);
+            if next.last_event_time.is_none_or(|t| newest_time >= t) {
+                next.last_event_time = Some(newest_time);
                 next.last_event_id = Some(newest.event_id.clone());
             }
         }
@@ -647,5 +712,142 @@ mod tests {
             "newest event minus the overlap"
         );
         assert_eq!(source.ctx.metrics.retention_gaps.get(), 0);
+    }
+
+    fn page(ids: std::ops::Range<u64>, total: Option<u64>) -> Page {
+        Page {
+            records: ids
+                .map(|id| {
+                    serde_json::value::to_raw_value(&serde_json::json!({
+                        "id": id,
+                        "eventTypeId": "USR-8",
+                        "userId": "INTERNAL_1",
+                        "eventDate": 1_000 + id as i64,
+                    }))
+                    .unwrap()
+                })
+                .collect(),
+            total,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_short_page_is_not_the_end_when_the_total_says_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = source(dir.path());
+        let mut cursor = SourceCursor {
+            position: None,
+            filters_hash: filters_hash(&source.config),
+            stream_start: Some(0),
+            last_event_time: None,
+            last_event_id: None,
+        };
+        let mut progress = Progress::default();
+        let window = WindowProgress {
+            from: 0,
+            to: 10_000,
+            offset: 0,
+            first_total: None,
+            received: 0,
+            pass: 1,
+        };
+        // The server caps pages at 50 though 100 were asked for.
+        let more = source
+            .store_page(&mut cursor, &mut progress, window, page(0..50, Some(120)))
+            .await
+            .unwrap();
+        assert!(more, "a capped page ended the pass");
+        let window = progress.window.unwrap();
+        assert_eq!(window.offset, 50);
+        let more = source
+            .store_page(&mut cursor, &mut progress, window, page(50..120, Some(120)))
+            .await
+            .unwrap();
+        assert!(!more);
+        assert!(
+            progress.window.is_none(),
+            "a stable pass completes the window"
+        );
+        assert_eq!(progress.read_to, Some(10_000));
+        assert_eq!(cursor.last_event_time, Some(1_119));
+    }
+
+    #[tokio::test]
+    async fn a_window_that_grew_while_read_is_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = source(dir.path());
+        let mut cursor = SourceCursor {
+            position: None,
+            filters_hash: filters_hash(&source.config),
+            stream_start: Some(0),
+            last_event_time: None,
+            last_event_id: None,
+        };
+        let mut progress = Progress::default();
+        let window = WindowProgress {
+            from: 0,
+            to: 10_000,
+            offset: 0,
+            first_total: None,
+            received: 0,
+            pass: 1,
+        };
+        source
+            .store_page(&mut cursor, &mut progress, window, page(0..100, Some(150)))
+            .await
+            .unwrap();
+        // Five events were inserted before offset 100: the total grew.
+        let window = progress.window.unwrap();
+        let more = source
+            .store_page(&mut cursor, &mut progress, window, page(95..155, Some(155)))
+            .await
+            .unwrap();
+        assert!(more);
+        let window = progress.window.unwrap();
+        assert_eq!((window.pass, window.offset, window.received), (2, 0, 0));
+        // An event dated past the window does not move the high-water mark
+        // beyond the window.
+        let mut late = page(200..201, Some(1));
+        late.records[0] = serde_json::value::to_raw_value(
+            &serde_json::json!({"id": 200, "eventDate": 99_999_999}),
+        )
+        .unwrap();
+        source
+            .store_page(&mut cursor, &mut progress, window, late)
+            .await
+            .unwrap();
+        assert_eq!(cursor.last_event_time, Some(10_000));
+    }
+
+    #[tokio::test]
+    async fn a_window_that_slid_out_of_retention_is_a_gap_from_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = source(dir.path());
+        let day = 86_400_000;
+        let now = Utc::now().timestamp_millis();
+        // A first-run window begun 40 days ago, never finished.
+        let mut cursor = SourceCursor {
+            position: None,
+            filters_hash: filters_hash(&source.config),
+            stream_start: Some(now - 47 * day),
+            last_event_time: None,
+            last_event_id: None,
+        };
+        let mut progress = Progress {
+            read_to: None,
+            window: None,
+        };
+        source
+            .next_window(&mut cursor, &mut progress)
+            .await
+            .unwrap();
+        let outbox = source
+            .ctx
+            .state
+            .call(|db| db.read_outbox(0, 10))
+            .await
+            .unwrap();
+        let marker: serde_json::Value = serde_json::from_str(&outbox[0].payload).unwrap();
+        assert_eq!(marker["gap"]["from"], format_time(now - 47 * day));
     }
 }

@@ -29,7 +29,7 @@ use crate::config::{AsanaConfig, StartAt};
 use crate::enrich::Enricher;
 use crate::envelope::format_time;
 use crate::retry::{rate_limit_wait, Backoff};
-use crate::source::{sleep_or_cancel, SourceContext, SourceError};
+use crate::source::{sleep_or_cancel, SourceContext, SourceError, PRUNE_EVERY};
 use crate::state::{NewEvent, Quarantined, SourceCursor, StateError};
 
 /// Asana deletes audit events after 90 days.
@@ -37,9 +37,6 @@ pub const RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
 
 /// Starting this close to the retention edge would race the deletion.
 const RETENTION_SLACK: Duration = Duration::from_secs(3600);
-
-/// How often the dedup window is pruned.
-const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// Added to every heartbeat deadline: scheduling delays are not hangs.
 const BEAT_SLACK: Duration = Duration::from_secs(30);
@@ -177,7 +174,7 @@ impl AsanaSource {
                     }
                     if last_prune.elapsed() >= PRUNE_EVERY {
                         last_prune = tokio::time::Instant::now();
-                        self.prune().await;
+                        self.ctx.prune(&self.config.id).await;
                     }
                     (!full).then_some(self.config.poll_interval)
                 }
@@ -459,39 +456,7 @@ impl AsanaSource {
             }
         }))
     }
-
-    /// Keeps the state file bounded: the dedup window, the newest
-    /// [`QUARANTINE_KEEP`] quarantined records, unexpired cached users.
-    async fn prune(&self) {
-        let id = self.config.id.clone();
-        let window = self.ctx.dedup_window;
-        let pruned = self
-            .ctx
-            .state
-            .call(move |db| {
-                Ok((
-                    db.prune_seen(&id, window)?,
-                    db.prune_quarantine(QUARANTINE_KEEP)?,
-                    db.prune_user_cache(crate::state::unix_ms_now())?,
-                ))
-            })
-            .await;
-        match pruned {
-            Ok((seen, quarantined, users)) => {
-                tracing::debug!(source = %self.config.id, seen, quarantined, users, "pruned the state file");
-                if quarantined > 0 {
-                    tracing::warn!(source = %self.config.id, dropped = quarantined, keep = QUARANTINE_KEEP, "dropped the oldest quarantined records");
-                }
-            }
-            Err(e) => {
-                tracing::warn!(source = %self.config.id, error = %e, "pruning the state file failed")
-            }
-        }
-    }
 }
-
-/// Quarantined records kept in the state file (the newest).
-const QUARANTINE_KEEP: u64 = 100_000;
 
 /// Retry timing of one stream.
 #[derive(Debug)]

@@ -457,6 +457,10 @@ impl Loader {
     fn url(&mut self, key: &str, field: &str, value: Option<String>, default: &str) -> String {
         let value = value.unwrap_or_else(|| default.to_string());
         match reqwest::Url::parse(&value) {
+            Ok(url) if !url.username().is_empty() || url.password().is_some() => self.problem(
+                format!("{key}.{field}"),
+                "must not hold credentials (they would be logged with errors)",
+            ),
             Ok(url) if matches!(url.scheme(), "http" | "https") => {}
             Ok(_) => self.problem(
                 format!("{key}.{field}"),
@@ -537,7 +541,12 @@ impl Loader {
                         None
                     }
                     Some(path) => match std::fs::read_to_string(path) {
-                        Ok(text) if text.contains("-----BEGIN CERTIFICATE-----") => Some(text),
+                        // A combined certificate and key file is fine: only
+                        // the certificates are kept (the key must never
+                        // travel in the login header).
+                        Ok(text) if crate::anaplan::auth::certificates_only(&text).is_some() => {
+                            crate::anaplan::auth::certificates_only(&text)
+                        }
                         Ok(_) => {
                             self.problem(
                                 format!("{key}.certificate_file"),
@@ -638,6 +647,11 @@ impl Loader {
         let overlap = raw.overlap.unwrap_or(Duration::from_secs(600));
         if overlap > Duration::from_secs(24 * 3600) {
             self.problem(format!("{key}.overlap"), "at most 1d");
+        } else if overlap.is_zero() {
+            self.problem(
+                format!("{key}.overlap"),
+                "must be longer than zero: events Anaplan stores late would be missed",
+            );
         }
         let retry = self.backoff(key, raw.retry_initial, raw.retry_max);
         let requests_per_minute = raw

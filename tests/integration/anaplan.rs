@@ -131,9 +131,13 @@ fn five_thousand_events_with_drift_and_late_arrivals_arrive_once_each() {
         ..AnaplanSimConfig::default()
     });
     // Events inserted into the window while it is paged shift the offsets.
+    // Events inserted into the window while it is paged shift the offsets;
+    // some 429s; small results without `meta`.
     sim.faults(AnaplanFaultUpdate {
         drift_next: Some(6),
         drift_events: Some(7),
+        rate_limit_next: Some(2),
+        omit_small_meta: Some(true),
         ..AnaplanFaultUpdate::default()
     });
     let work = Workdir::new();
@@ -212,6 +216,15 @@ fn an_expiring_token_is_renewed_and_nothing_is_lost() {
         work.write_config(&text.replacen("page_size = 500\n", "", 1))
     };
     let daemon = Daemon::start(&config, work.path("daemon.log"));
+    // Mid-stream, every token is revoked: the next request gets a 401, logs
+    // in again and is replayed.
+    wait_until(Duration::from_secs(60), "the first events", || {
+        Delivered::total(&work.out()) >= 500
+    });
+    sim.faults(AnaplanFaultUpdate {
+        revoke_all_tokens: true,
+        ..AnaplanFaultUpdate::default()
+    });
     let start = std::time::Instant::now();
     loop {
         let expected = sim.ids();
@@ -232,12 +245,17 @@ fn an_expiring_token_is_renewed_and_nothing_is_lost() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    let daemon_logs = daemon.logs();
     assert!(daemon.terminate().success());
     let renewals = sim.sim.calls(AnaplanEndpoint::TokenRefresh)
         + sim.sim.calls(AnaplanEndpoint::TokenAuthenticate);
     assert!(
         renewals >= 3,
         "only {renewals} logins and refreshes over many token lifetimes"
+    );
+    assert!(
+        daemon_logs.contains("anaplan rejected the token; logging in again"),
+        "no re-login after the revocation:\n{daemon_logs}"
     );
     let delivered = Delivered::read(&work.out());
     assert_eq!(delivered.duplicates(), 0);
@@ -390,7 +408,12 @@ fn users_are_looked_up_once_and_deleted_ones_are_remembered() {
         "{gets} user lookups and {lists} list pages for {} distinct users",
         named.len()
     );
-    assert!(gets <= named.len() as u64, "a user was looked up twice");
+    assert!(gets <= named.len() as u64);
+    assert_eq!(
+        gets,
+        sim.sim.distinct_user_lookups() as u64,
+        "a user was looked up twice"
+    );
     let enriched: Vec<&serde_json::Value> = delivered
         .lines
         .iter()
@@ -454,4 +477,63 @@ fn with_the_users_api_down_events_still_flow_marked_not_enriched() {
         with_users.iter().all(|l| l["enrichment"] == "not_enriched"),
         "an event claims enrichment while the users API was down"
     );
+}
+
+#[test]
+fn a_pre_issued_token_is_kept_alive() {
+    let sim = Anaplan::start(AnaplanSimConfig {
+        seed: 10,
+        backlog: 800,
+        rate: 0.0,
+        max_live: Some(0),
+        late_share: 0.0,
+        token_ttl: Duration::from_secs(3),
+        ..AnaplanSimConfig::default()
+    });
+    sim.faults(AnaplanFaultUpdate {
+        latency: Some(Duration::from_millis(100)),
+        ..AnaplanFaultUpdate::default()
+    });
+    // A token issued elsewhere (here: a basic login by the test).
+    let url = format!("{}/token/authenticate", sim.url);
+    let response: serde_json::Value = sim._runtime.block_on(async {
+        reqwest::Client::new()
+            .post(url)
+            .basic_auth(AUDITOR, Some(PASSWORD))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    });
+    let token = response["tokenInfo"]["tokenValue"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let work = Workdir::new();
+    let config = config(
+        &work,
+        &sim,
+        &format!("token = \"{token}\""),
+        "page_size = 50",
+    );
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replacen("page_size = 500\n", "", 1);
+    let config = work.write_config(&text);
+    let daemon = Daemon::start(&config, work.path("daemon.log"));
+    wait_until(Duration::from_secs(60), "800 events", || {
+        Delivered::read(&work.out()).unique() == sim.ids()
+    });
+    let logs = daemon.logs();
+    assert!(daemon.terminate().success());
+    // 16 pages of 100 ms over a 3 s token: it was refreshed, never replaced.
+    assert!(sim.sim.calls(AnaplanEndpoint::TokenRefresh) >= 2, "{logs}");
+    assert_eq!(
+        sim.sim.calls(AnaplanEndpoint::TokenAuthenticate),
+        1,
+        "only the test logged in"
+    );
+    assert!(!logs.contains(&token), "the token reached the log");
 }

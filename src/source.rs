@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::health::Component;
 use crate::metrics::SourceMetrics;
-use crate::state::SharedState;
+use crate::state::{NewEvent, PageOutcome, Quarantined, SharedState, SourceCursor, StateError};
 
 /// Why a request to a source's API failed, by what the loop does next.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +74,39 @@ pub const QUARANTINE_KEEP: u64 = 100_000;
 pub const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 impl SourceContext {
+    /// Commits a page (events, quarantined records, the cursor) in one
+    /// transaction, counts it, and wakes the sinks if it stored anything.
+    pub async fn commit_page(
+        &self,
+        source: &str,
+        kind: &'static str,
+        page: (Vec<NewEvent>, Vec<Quarantined>),
+        cursor: SourceCursor,
+    ) -> Result<PageOutcome, StateError> {
+        let (events, quarantined) = page;
+        let received = (events.len() + quarantined.len()) as u64;
+        let id = source.to_string();
+        let outcome = self
+            .state
+            .call(move |db| db.commit_page(&id, kind, &events, &quarantined, &cursor))
+            .await?;
+        self.metrics.received.inc_by(received);
+        self.metrics.stored.inc_by(outcome.stored);
+        self.metrics.duplicates.inc_by(outcome.duplicates);
+        self.metrics.quarantined.inc_by(outcome.quarantined);
+        if outcome.stored > 0 {
+            self.notify_stored();
+        }
+        tracing::debug!(
+            source = %source,
+            stored = outcome.stored,
+            duplicates = outcome.duplicates,
+            quarantined = outcome.quarantined,
+            "page committed"
+        );
+        Ok(outcome)
+    }
+
     /// Keeps the state file bounded: the source's dedup window, the newest
     /// [`QUARANTINE_KEEP`] quarantined records, unexpired cached users.
     pub async fn prune(&self, source: &str) {

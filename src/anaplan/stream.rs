@@ -484,31 +484,15 @@ impl AnaplanSource {
             }
         }
         next.position = serde_json::to_string(&*progress).ok();
-        let received = events.len() as u64 + quarantined.len() as u64;
-        let id = self.config.id.clone();
-        let commit = next.clone();
-        let outcome = self
-            .ctx
-            .state
-            .call(move |db| db.commit_page(&id, "anaplan", &events, &quarantined, &commit))
+        self.ctx
+            .commit_page(
+                &self.config.id,
+                "anaplan",
+                (events, quarantined),
+                next.clone(),
+            )
             .await?;
         *cursor = next;
-        let metrics = &self.ctx.metrics;
-        metrics.received.inc_by(received);
-        metrics.stored.inc_by(outcome.stored);
-        metrics.duplicates.inc_by(outcome.duplicates);
-        metrics.quarantined.inc_by(outcome.quarantined);
-        if outcome.stored > 0 {
-            self.ctx.notify_stored();
-        }
-        tracing::debug!(
-            source = %self.config.id,
-            stored = outcome.stored,
-            duplicates = outcome.duplicates,
-            offset = window.offset,
-            total,
-            "page committed"
-        );
         Ok(more)
     }
 

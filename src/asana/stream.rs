@@ -316,7 +316,6 @@ impl AsanaSource {
             source_id: &self.config.id,
             workspace_gid: &self.config.workspace_gid,
         };
-        let received = page.records.len() as u64;
         let users = self.resolve_users(&page).await;
         self.ctx.health.beat("committing a page", COMMIT_BOUND);
         let mut events: Vec<NewEvent> = Vec::with_capacity(page.records.len());
@@ -346,29 +345,15 @@ impl AsanaSource {
                 next.last_event_id = Some(newest.event_id.clone());
             }
         }
-        let id = self.config.id.clone();
-        let commit_cursor = next.clone();
-        let outcome = self
-            .ctx
-            .state
-            .call(move |db| db.commit_page(&id, "asana", &events, &quarantined, &commit_cursor))
+        self.ctx
+            .commit_page(
+                &self.config.id,
+                "asana",
+                (events, quarantined),
+                next.clone(),
+            )
             .await?;
         *cursor = next;
-        let metrics = &self.ctx.metrics;
-        metrics.received.inc_by(received);
-        metrics.stored.inc_by(outcome.stored);
-        metrics.duplicates.inc_by(outcome.duplicates);
-        metrics.quarantined.inc_by(outcome.quarantined);
-        if outcome.stored > 0 {
-            self.ctx.notify_stored();
-        }
-        tracing::debug!(
-            source = %self.config.id,
-            stored = outcome.stored,
-            duplicates = outcome.duplicates,
-            quarantined = outcome.quarantined,
-            "page committed"
-        );
         Ok(())
     }
 

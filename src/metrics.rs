@@ -195,7 +195,7 @@ impl Metrics {
         );
         src.register(
             "errors",
-            "Failed polls by class (transient, rate_limited, cursor_expired, unauthorized, rejected, state)",
+            "Failed polls by class (transient, rate_limited, cursor_expired, unauthorized, rejected, state, unstable_window)",
             s.errors.clone(),
         );
         src.register(

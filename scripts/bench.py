@@ -24,9 +24,11 @@ Environment (scripts/bench documents the same):
 
 import datetime
 import json
+import math
 import os
 import platform
 import re
+import selectors
 import shlex
 import shutil
 import signal
@@ -235,8 +237,6 @@ class Simulator:
         self.admin = self.base_url.replace("/api/1.0", "/_sim")
 
     def _read_line(self, limit):
-        import selectors
-
         sel = selectors.DefaultSelector()
         sel.register(self.proc.stdout, selectors.EVENT_READ)
         if not sel.select(limit):
@@ -583,11 +583,11 @@ def event_time(text):
 
 
 def percentile(values, p):
+    """Nearest-rank percentile."""
     ordered = sorted(values)
     if not ordered:
         return float("nan")
-    rank = max(0, min(len(ordered) - 1, int(round(p / 100 * len(ordered) + 0.5)) - 1))
-    return ordered[rank]
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
 def run_live(base, sink):
@@ -845,8 +845,11 @@ def main():
         " live event); peak RSS: VmHWM from /proc/PID/status just before SIGTERM."
     )
     out.append(
-        "lag: time the event was first seen at the sink (file: a 2 ms tail of the output file; Kafka: a"
-        " consumer's receive time) − the event's created_at, the instant it became visible in the simulator."
+        "lag: when the event reached the sink − its created_at (the simulator serves an event from its"
+        " created_at on, and its clock is the real clock). File: the time a 2 ms tail of the output file"
+        " first read the line (readable after write(), at most one fsync before the acknowledgement)."
+        " Kafka: the time an independent consumer (confluent-kafka, fetch.wait.max.ms=10, every"
+        " partition) returned the message. Live events of the first BENCH_LIVE_WARMUP seconds are left out."
     )
     out.append("")
     for name, r in results:

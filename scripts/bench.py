@@ -773,6 +773,18 @@ def main():
         raise SystemExit(f"BENCH_SCENARIOS: unknown {unknown}; choose from {ALL_SCENARIOS}")
     base = os.environ.get("BENCH_DIR") or tempfile.mkdtemp(prefix="auditrelay-bench-")
     os.makedirs(base, exist_ok=True)
+    try:
+        return run_all(base)
+    finally:
+        # Also after a signal: the processes are stopped first (on_signal).
+        stop_all()
+        if os.environ.get("BENCH_KEEP"):
+            log(f"kept {base}")
+        elif not os.environ.get("BENCH_DIR"):
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def run_all(base):
     info = machine(base)
     kafka_ok = True
     if any("kafka" in s for s in SCENARIOS):
@@ -856,10 +868,6 @@ def main():
         if r.get("notes"):
             out.append(f"- {name}: {r['notes']}")
     print("\n".join(out))
-    if os.environ.get("BENCH_KEEP"):
-        log(f"kept {base}")
-    elif not os.environ.get("BENCH_DIR"):
-        shutil.rmtree(base, ignore_errors=True)
     return 0
 
 

@@ -1,0 +1,883 @@
+#!/usr/bin/env python3
+"""The end-to-end benchmark behind scripts/bench (run that, not this).
+
+Runs the release binary as separate processes on loopback: the Asana
+simulator (`auditrelay simulate`), the daemon (`auditrelay run`), a Tansu
+broker for the Kafka rows, and the bare fetch loop (examples/fetch_loop).
+Progress goes to stderr; stdout gets the machine, the exact commands and
+configs, and one markdown table.
+
+Environment (scripts/bench documents the same):
+  BENCH_QUICK=1            short run: 100,000 backlog events, 15 s of live tail
+  BENCH_EVENTS=N           backlog events for the backfill rows (default 1,000,000)
+  BENCH_LIVE_SECONDS=S     live tail duration (default 60; quick 15)
+  BENCH_LIVE_RATE=R        live events per second (default 500)
+  BENCH_LIVE_WARMUP=S      live events of the first S seconds are not in the
+                           lag figures (default 2)
+  BENCH_POLL_INTERVAL=D    the source's poll_interval in the live rows (default 1s)
+  BENCH_BATCH_SIZE=N       sinks' batch_size (default: the daemon's default)
+  BENCH_SCENARIOS=a,b      subset of: fetch,backfill-file,backfill-kafka,
+                           live-file,live-kafka (default all)
+  BENCH_DIR=DIR            work directory (default: a new one under $TMPDIR);
+                           kept with BENCH_KEEP=1
+"""
+
+import datetime
+import json
+import math
+import os
+import platform
+import re
+import selectors
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import urllib.request
+
+# ---------------------------------------------------------------- settings
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.environ["BENCH_BIN"]
+FETCH_LOOP = os.environ["BENCH_FETCH_LOOP"]
+TANSU = os.environ.get("BENCH_TANSU", "")
+QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
+EVENTS = int(os.environ.get("BENCH_EVENTS", "100000" if QUICK else "1000000"))
+LIVE_SECONDS = float(os.environ.get("BENCH_LIVE_SECONDS", "15" if QUICK else "60"))
+LIVE_RATE = float(os.environ.get("BENCH_LIVE_RATE", "500"))
+LIVE_WARMUP = float(os.environ.get("BENCH_LIVE_WARMUP", "2"))
+POLL_INTERVAL = os.environ.get("BENCH_POLL_INTERVAL", "1s")
+BATCH_SIZE = os.environ.get("BENCH_BATCH_SIZE", "")
+ALL_SCENARIOS = ["fetch", "backfill-file", "backfill-kafka", "live-file", "live-kafka"]
+SCENARIOS = [
+    s.strip()
+    for s in os.environ.get("BENCH_SCENARIOS", ",".join(ALL_SCENARIOS)).split(",")
+    if s.strip()
+]
+TOKEN = "bench-token"
+WORKSPACE = "1200000000000000"
+TOPIC = "auditrelay.asana"
+KAFKA_PARTITIONS = 3
+SEED = 42
+# Loose ceilings, so a broken run ends instead of hanging.
+BACKFILL_TIMEOUT = 60 + EVENTS / 1000
+LIVE_DRAIN_TIMEOUT = 60
+
+TARGET_FILE_EPS = 100_000
+TARGET_KAFKA_EPS = 50_000
+TARGET_RATIO = 0.8
+TARGET_RSS_FILE = 40
+TARGET_RSS_KAFKA = 80
+TARGET_LAG_SLACK_MS = 250
+
+
+def log(message):
+    stamp = datetime.datetime.now().strftime("%H:%M:%S")
+    print(f"[bench {stamp}] {message}", file=sys.stderr, flush=True)
+
+
+def parse_duration_ms(text):
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m)", text.strip())
+    if not match:
+        raise SystemExit(f"BENCH_POLL_INTERVAL: {text!r} is not like 500ms, 1s or 2m")
+    value, unit = float(match.group(1)), match.group(2)
+    return value * {"ms": 1, "s": 1000, "m": 60000}[unit]
+
+
+POLL_MS = parse_duration_ms(POLL_INTERVAL)
+
+# ------------------------------------------------------- process handling
+
+COMMANDS = []  # (scenario, text) in the order they ran
+CHILDREN = []  # every Popen still possibly running
+
+
+def record(scenario, text):
+    COMMANDS.append((scenario, text))
+
+
+def spawn(scenario, cmd, stdout_path, stderr_path, capture_stdout=False):
+    record(scenario, "$ " + shlex.join(cmd))
+    stdout = subprocess.PIPE if capture_stdout else open(stdout_path, "wb")
+    proc = subprocess.Popen(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=open(stderr_path, "wb"),
+        cwd=ROOT,
+    )
+    CHILDREN.append(proc)
+    return proc
+
+
+def stop(proc, timeout=30.0):
+    """SIGTERM, a bounded wait, then SIGKILL. Returns the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log(f"pid {proc.pid} ignored SIGTERM for {timeout:.0f}s: SIGKILL")
+            proc.kill()
+            proc.wait(10)
+    if proc in CHILDREN:
+        CHILDREN.remove(proc)
+    return proc.returncode
+
+
+def stop_all():
+    for proc in list(CHILDREN):
+        try:
+            stop(proc, timeout=10)
+        except Exception as e:  # cleaning up: keep going
+            log(f"stopping pid {proc.pid}: {e}")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, limit, what):
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on port {port} within {limit}s")
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    """utime + stime of a live process, from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # Fields 14 and 15 of proc(5); fields[0] here is field 3 (state).
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def threads_cpu(pid, top=5):
+    """The busiest live threads as "name seconds", and how many there are.
+    The runtime's workers and its blocking pool (SQLite calls, file writes)
+    are all named "auditrelay"; librdkafka's are "rdk:*"."""
+    threads = []
+    task_dir = f"/proc/{pid}/task"
+    for tid in os.listdir(task_dir):
+        try:
+            with open(f"{task_dir}/{tid}/comm") as f:
+                name = f.read().strip()
+            with open(f"{task_dir}/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        threads.append(((int(fields[11]) + int(fields[12])) / CLK_TCK, name))
+    threads.sort(reverse=True)
+    busiest = ", ".join(f"{name} {secs:.1f}" for secs, name in threads[:top])
+    return f"{len(threads)} threads, busiest {busiest}"
+
+
+def count_lines(path):
+    """Complete lines in a file sink's output and its rotated copies."""
+    total = 0
+    for candidate in [path] + [f"{path}.{n}" for n in range(1, 11)]:
+        try:
+            with open(candidate, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    total += chunk.count(b"\n")
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def peak_rss_mib(pid):
+    """VmHWM (peak resident set) of a live process, in MiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def http_get(url, timeout=2.0):
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return response.read().decode()
+
+
+# ---------------------------------------------------------------- the parts
+
+
+class Simulator:
+    def __init__(self, scenario, work, extra):
+        self.scenario = scenario
+        cmd = [
+            BIN, "simulate",
+            "--listen", "127.0.0.1:0",
+            "--seed", str(SEED),
+            "--token", TOKEN,
+            # Far above what any run needs: the benchmark measures the
+            # pipeline, not Asana's 1500/min.
+            "--rate-limit", "1000000000",
+        ] + extra
+        self.proc = spawn(scenario, cmd, None, os.path.join(work, "simulator.log"), capture_stdout=True)
+        line = self._read_line(30)
+        match = re.search(r"listening on (http://\S+/api/1\.0)", line)
+        if not match:
+            raise RuntimeError(f"simulator did not say where it listens: {line!r}")
+        self.base_url = match.group(1)
+        self.admin = self.base_url.replace("/api/1.0", "/_sim")
+
+    def _read_line(self, limit):
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        if not sel.select(limit):
+            raise RuntimeError("simulator printed nothing within 30s")
+        return self.proc.stdout.readline().decode()
+
+    def stats(self):
+        return json.loads(http_get(self.admin + "/stats"))
+
+    def cpu(self):
+        return cpu_seconds(self.proc.pid)
+
+    def stop(self):
+        stop(self.proc)
+
+
+class Broker:
+    def __init__(self, scenario, work):
+        if not TANSU:
+            raise RuntimeError("tansu is not installed (scripts/test installs it)")
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        url = f"tcp://{self.address}"
+        cmd = [
+            TANSU, "broker",
+            "--listener-url", url,
+            "--advertised-listener-url", url,
+            "--storage-engine", "memory://tansu/",
+        ]
+        self.proc = spawn(scenario, cmd, os.path.join(work, "tansu.out"), os.path.join(work, "tansu.err"))
+        wait_port(self.port, 30, "tansu")
+        create = [
+            TANSU, "topic", "create", TOPIC,
+            "--partitions", str(KAFKA_PARTITIONS),
+            "--broker", url,
+        ]
+        record(scenario, "$ " + shlex.join(create))
+        subprocess.run(create, check=True, stdout=subprocess.DEVNULL, timeout=60, cwd=ROOT)
+
+    def read_back(self, expected, limit=180):
+        """Reads the whole topic with an independent consumer: (messages,
+        distinct keys). Tansu's reported high watermarks lag behind what it
+        serves, so the messages are counted instead."""
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        consumer = Consumer(
+            {"bootstrap.servers": self.address, "group.id": "bench-read-back", "enable.auto.commit": False}
+        )
+        consumer.assign([TopicPartition(TOPIC, p, OFFSET_BEGINNING) for p in range(KAFKA_PARTITIONS)])
+        count, keys = 0, set()
+        deadline = time.monotonic() + limit
+        quiet_since = time.monotonic()
+        try:
+            while time.monotonic() < deadline and time.monotonic() - quiet_since < 3:
+                messages = consumer.consume(num_messages=10000, timeout=0.5)
+                if messages:
+                    quiet_since = time.monotonic()
+                for message in messages:
+                    if not message.error():
+                        count += 1
+                        keys.add(int(message.key()))
+                if count >= expected and len(keys) >= expected:
+                    break
+        finally:
+            consumer.close()
+        return count, len(keys)
+
+    def stop(self):
+        stop(self.proc)
+
+
+def daemon_config(work, sim, broker, source_extra, file_extra=""):
+    """The daemon's configuration file (one source, one sink: a file sink, or
+    Kafka when `broker` is given), its metrics port and its sink's id."""
+    metrics_port = free_port()
+    batch = f"batch_size = {BATCH_SIZE}\n" if BATCH_SIZE else ""
+    if broker is None:
+        sink_table = f"""[sinks.file]
+kind = "file"
+path = "{work}/out/events.jsonl"
+{batch}{file_extra}"""
+    else:
+        sink_table = f"""[sinks.kafka]
+kind = "kafka"
+brokers = "{broker.address}"
+topic = "auditrelay.{{source_kind}}"
+{batch}[sinks.kafka.properties]
+# librdkafka's own queue, bounded (its defaults allow 100,000 messages / 1 GiB).
+"queue.buffering.max.messages" = "20000"
+"queue.buffering.max.kbytes" = "16384"
+"""
+    text = f"""shutdown_grace = "10s"
+[state]
+path = "{work}/state/state.db"
+[http]
+listen = "127.0.0.1:{metrics_port}"
+[log]
+level = "info"
+[sources.bench]
+kind = "asana"
+base_url = "{sim.base_url}"
+workspace_gid = "{WORKSPACE}"
+token = "{TOKEN}"
+{source_extra}
+{sink_table}"""
+    path = os.path.join(work, "auditrelay.toml")
+    with open(path, "w") as f:
+        f.write(text)
+    return path, metrics_port, ("file" if broker is None else "kafka")
+
+
+class Daemon:
+    def __init__(self, scenario, work, config, metrics_port, sink_id):
+        self.sink_id = sink_id
+        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        with open(config) as f:
+            record(scenario, f"$ cat > {config} <<'EOF'\n{f.read().rstrip()}\nEOF")
+        cmd = [BIN, "run", "--config", config]
+        self.started = time.time()
+        self.proc = spawn(scenario, cmd, os.path.join(work, "daemon.out"), os.path.join(work, "daemon.log"))
+
+    def metrics(self):
+        """The /metrics text, or "" while the daemon is not serving it."""
+        try:
+            return http_get(self.metrics_url, timeout=1.0)
+        except OSError:
+            return ""
+
+    def metric(self, name, label, text=None):
+        """The sum of a metric's samples that carry `label` (e.g. sink="file")."""
+        if text is None:
+            text = self.metrics()
+        total = None
+        for line in text.splitlines():
+            if line.startswith(name) and label in line:
+                total = (total or 0) + float(line.rsplit(" ", 1)[1])
+        return total
+
+    def acknowledged(self, text=None):
+        return self.metric("auditrelay_sink_events_acknowledged_total", f'sink="{self.sink_id}"', text)
+
+    def stored(self, text=None):
+        return self.metric("auditrelay_source_events_stored_total", 'source="bench"', text)
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def cpu(self):
+        return cpu_seconds(self.proc.pid)
+
+    def rss(self):
+        return peak_rss_mib(self.proc.pid)
+
+    def stop(self):
+        code = stop(self.proc)
+        if code != 0:
+            log(f"daemon exited with {code}; see its log")
+        return code
+
+
+def new_workdir(base, name):
+    path = os.path.join(base, name)
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(os.path.join(path, "out"), exist_ok=True)
+    os.makedirs(os.path.join(path, "state"), exist_ok=True)
+    return path
+
+
+def backlog_flags():
+    return ["--events", str(EVENTS), "--backlog-span", "1h", "--rate", "0", "--max-live", "0"]
+
+
+# --------------------------------------------------------------- scenarios
+
+
+def run_fetch(base):
+    work = new_workdir(base, "fetch")
+    sim = Simulator("bare fetch loop", work, backlog_flags())
+    try:
+        cmd = [FETCH_LOOP, "--base-url", sim.base_url, "--token", TOKEN, "--events", str(EVENTS)]
+        proc = spawn("bare fetch loop", cmd, None, os.path.join(work, "fetch_loop.err"), capture_stdout=True)
+        try:
+            out, _ = proc.communicate(timeout=BACKFILL_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise RuntimeError(f"fetch loop timed out after {BACKFILL_TIMEOUT:.0f}s")
+        finally:
+            if proc in CHILDREN:
+                CHILDREN.remove(proc)
+        if proc.returncode != 0:
+            raise RuntimeError(f"fetch loop failed: {open(os.path.join(work, 'fetch_loop.err')).read()[-500:]}")
+        result = json.loads(out.decode().strip().splitlines()[-1])
+        sim_cpu = sim.cpu()
+    finally:
+        sim.stop()
+    return {
+        "events": result["events"],
+        "wall": result["seconds"],
+        "eps": result["events_per_second"],
+        "notes": f"{result['pages']} pages; simulator CPU {sim_cpu:.1f} s",
+    }
+
+
+def run_backfill(base, sink):
+    name = f"backfill → {sink}"
+    work = new_workdir(base, f"backfill-{sink}")
+    broker = Broker(name, work) if sink == "kafka" else None
+    sim = Simulator(name, work, backlog_flags())
+    daemon = None
+    try:
+        # Rotation keeps the disk use of a 1M-event run near 0.5 GiB.
+        file_extra = "max_bytes = 268435456\nmax_files = 1\n"
+        # The rate budget far above what any run needs: the benchmark
+        # measures the pipeline, not Asana's 1500/min.
+        source_extra = 'start_at = "7d"\npoll_interval = "1s"\nrequests_per_minute = 100000000\n'
+        config, port, sink_id = daemon_config(work, sim, broker, source_extra, file_extra)
+        daemon = Daemon(name, work, config, port, sink_id)
+        deadline = daemon.started + BACKFILL_TIMEOUT
+        acked, done_at, stored_at = 0, None, None
+        last_report = time.monotonic()
+        while time.time() < deadline:
+            if not daemon.alive():
+                raise RuntimeError(f"daemon exited early ({daemon.proc.returncode}); see {work}/daemon.log")
+            text = daemon.metrics()
+            acked = daemon.acknowledged(text) or 0
+            if stored_at is None and (daemon.stored(text) or 0) >= EVENTS:
+                stored_at = time.time()
+            if acked >= EVENTS:
+                done_at = time.time()
+                break
+            if time.monotonic() - last_report > 10:
+                last_report = time.monotonic()
+                log(f"{name}: {acked:.0f} / {EVENTS} acknowledged")
+            time.sleep(0.05)
+        end = done_at or time.time()
+        cpu, rss, sim_cpu = daemon.cpu(), daemon.rss(), sim.cpu()
+        threads = threads_cpu(daemon.proc.pid)
+        stats = sim.stats()
+        daemon.stop()
+        wall = end - daemon.started
+        notes = [
+            f"daemon CPU {cpu:.1f} s ({threads}), simulator CPU {sim_cpu:.1f} s",
+            f"source stored everything after {fmt((stored_at or end) - daemon.started, '.1f')} s, "
+            f"sink acknowledged it after {wall:.1f} s",
+            f"{stats['by_endpoint'].get('audit_log_events', {}).get('200', 0)} pages, "
+            f"{stats['by_endpoint'].get('users', {}).get('200', 0)} user lookups",
+        ]
+        if broker:
+            notes.append(f"broker CPU {cpu_seconds(broker.proc.pid):.1f} s")
+            try:
+                count, distinct = broker.read_back(int(acked))
+                notes.append(f"read back {count} messages, {distinct} distinct keys")
+            except Exception as e:
+                notes.append(f"reading the topic back failed: {e}")
+        else:
+            lines = count_lines(os.path.join(work, "out/events.jsonl"))
+            notes.append(f"{lines} lines in the kept files (rotation keeps the newest 2 × 256 MiB)")
+        if done_at is None:
+            notes.append(f"TIMED OUT after {BACKFILL_TIMEOUT:.0f}s")
+        return {
+            "events": int(acked),
+            "wall": wall,
+            "eps": acked / wall if wall > 0 else 0,
+            "cpu_per_m": cpu / acked * 1e6 if acked else float("nan"),
+            "rss": rss,
+            "complete": done_at is not None,
+            "notes": "; ".join(notes),
+        }
+    finally:
+        if daemon:
+            daemon.stop()
+        sim.stop()
+        if broker:
+            broker.stop()
+
+
+class FileTail:
+    """Reads the file sink's output as it grows: each complete line gets the
+    wall-clock time of the poll that first saw it."""
+
+    def __init__(self, path):
+        self.path = path
+        self.offset = 0
+        self.partial = b""
+        self.seen = []  # (seen_at unix s, event time unix s)
+
+    def poll(self):
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return
+        now = time.time()
+        if not data:
+            return
+        self.offset += len(data)
+        data = self.partial + data
+        lines = data.split(b"\n")
+        self.partial = lines.pop()
+        for line in lines:
+            if line:
+                self.seen.append((now, event_time(json.loads(line)["time"])))
+
+
+class KafkaTail:
+    """Consumes the topic from the start of every partition (no group, so no
+    rebalance delay); each message gets the time the consumer returned it."""
+
+    def __init__(self, address):
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": address,
+                "group.id": "bench-lag",
+                "enable.auto.commit": False,
+                # Ask often: these waits bound how late a message is seen.
+                "fetch.wait.max.ms": 10,
+                "fetch.min.bytes": 1,
+                "fetch.queue.backoff.ms": 1,
+                "fetch.error.backoff.ms": 50,
+            }
+        )
+        self.consumer.assign([TopicPartition(TOPIC, p, OFFSET_BEGINNING) for p in range(KAFKA_PARTITIONS)])
+        self.seen = []
+
+    def poll(self):
+        messages = self.consumer.consume(num_messages=10000, timeout=0.005)
+        now = time.time()
+        for message in messages:
+            if message.error():
+                continue
+            self.seen.append((now, event_time(json.loads(message.value())["time"])))
+
+    def close(self):
+        self.consumer.close()
+
+
+def event_time(text):
+    # The envelope's `time`: RFC 3339 UTC with milliseconds ("...Z").
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def percentile(values, p):
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def run_live(base, sink):
+    name = f"live tail → {sink}"
+    work = new_workdir(base, f"live-{sink}")
+    count = int(LIVE_RATE * LIVE_SECONDS)
+    broker = Broker(name, work) if sink == "kafka" else None
+    # Live events start at the epoch, a few seconds ahead, so that the
+    # daemon (and the consumer) are up before the first one exists.
+    lead = 5.0
+    epoch = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=lead)
+    epoch_text = epoch.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    sim = Simulator(
+        name,
+        work,
+        ["--events", "0", "--epoch", epoch_text, "--rate", f"{LIVE_RATE:g}", "--max-live", str(count)],
+    )
+    daemon = tail = None
+    try:
+        source_extra = f'start_at = "1h"\npoll_interval = "{POLL_INTERVAL}"\n'
+        config, port, sink_id = daemon_config(work, sim, broker, source_extra, "max_bytes = 4294967296\n")
+        daemon = Daemon(name, work, config, port, sink_id)
+        tail = KafkaTail(broker.address) if broker else FileTail(os.path.join(work, "out/events.jsonl"))
+        epoch_s = epoch.timestamp()
+        cpu_at_epoch = None
+        deadline = epoch_s + LIVE_SECONDS + LIVE_DRAIN_TIMEOUT
+        next_check = 0.0
+        while time.time() < deadline:
+            if cpu_at_epoch is None and time.time() >= epoch_s:
+                cpu_at_epoch = daemon.cpu()
+            tail.poll()
+            if len(tail.seen) >= count:
+                break
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + 1
+                if not daemon.alive():
+                    raise RuntimeError(f"daemon exited early ({daemon.proc.returncode}); see {work}/daemon.log")
+            if sink == "file":
+                # 2 ms between reads: the file tail's resolution.
+                time.sleep(0.002)
+        complete = len(tail.seen) >= count
+        last_seen = max((s for s, _ in tail.seen), default=time.time())
+        cpu, rss = daemon.cpu(), daemon.rss()
+        acked = daemon.acknowledged() or 0
+        daemon.stop()
+        counted = [(s - t) * 1000 for s, t in tail.seen if t >= epoch_s + LIVE_WARMUP]
+        wall = last_seen - epoch_s
+        delivered = len(tail.seen)
+        notes = [
+            f"{LIVE_RATE:g} ev/s for {LIVE_SECONDS:g} s, poll_interval {POLL_INTERVAL}",
+            f"lag over {len(counted)} events (first {LIVE_WARMUP:g} s excluded), max {max(counted, default=float('nan')):.0f} ms",
+            f"daemon CPU {cpu - (cpu_at_epoch or 0):.2f} s while live",
+            f"daemon acknowledged {acked:.0f}",
+        ]
+        if not complete:
+            notes.append(f"INCOMPLETE: saw {delivered} of {count}")
+        return {
+            "events": delivered,
+            "wall": wall,
+            "eps": delivered / wall if wall > 0 else 0,
+            "cpu_per_m": (cpu - (cpu_at_epoch or 0)) / delivered * 1e6 if delivered else float("nan"),
+            "rss": rss,
+            "p50": percentile(counted, 50),
+            "p99": percentile(counted, 99),
+            "complete": complete,
+            "notes": "; ".join(notes),
+        }
+    finally:
+        if isinstance(tail, KafkaTail):
+            tail.close()
+        if daemon:
+            daemon.stop()
+        sim.stop()
+        if broker:
+            broker.stop()
+
+
+# ------------------------------------------------------------------ output
+
+
+def sh(cmd):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=30, cwd=ROOT).stdout.strip()
+    except Exception as e:
+        return f"unavailable ({e})"
+
+
+def machine(work):
+    model = "unknown"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as f:
+        mem_kib = int(next(l for l in f if l.startswith("MemTotal")).split()[1])
+    commit = sh(["git", "rev-parse", "HEAD"])
+    dirty = sh(["git", "status", "--porcelain", "--untracked-files=no"])
+    fs = sh(["df", "--output=fstype,target", work]).splitlines()[-1:]
+    return [
+        ("date (UTC)", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")),
+        ("cpus (nproc)", str(os.cpu_count())),
+        ("cpu model", model),
+        ("memory", f"{mem_kib / 1024 / 1024:.1f} GiB"),
+        ("load average at start", " ".join(f"{x:.2f}" for x in os.getloadavg())),
+        ("kernel", f"{platform.system()} {platform.release()}"),
+        ("rustc", sh(["rustc", "--version"])),
+        ("git commit", commit + (" (with uncommitted changes)" if dirty else "")),
+        ("binary", BIN),
+        ("tansu", sh([TANSU, "--version"]) if TANSU else "not installed"),
+        ("python", f"{sys.executable} {platform.python_version()}"),
+        ("work directory", f"{work} ({' '.join(fs[0].split()) if fs else '?'})"),
+    ]
+
+
+def fmt(value, spec):
+    if value is None or (isinstance(value, float) and value != value):
+        return "–"
+    return format(value, spec)
+
+
+def mark(ok):
+    return "✓" if ok else "✗"
+
+
+def table(results, baseline_eps):
+    poll_target = POLL_MS + TARGET_LAG_SLACK_MS
+    head = [
+        "scenario", "events", "wall s", "events/s", "CPU s / 1M ev", "peak RSS MiB",
+        "lag p50 / p99 ms", "vs bare fetch", "target", "met",
+    ]
+    rows = []
+    for name, r in results:
+        if "error" in r:
+            rows.append([name] + ["–"] * 7 + ["", f"✗ failed: {r['error']}"])
+            continue
+        ratio = r["eps"] / baseline_eps if baseline_eps and name.startswith("backfill") else None
+        target, checks = "", []
+        if name == "bare fetch loop":
+            target = "baseline"
+        elif name.startswith("backfill"):
+            kafka = name.endswith("kafka")
+            eps_t = TARGET_KAFKA_EPS if kafka else TARGET_FILE_EPS
+            rss_t = TARGET_RSS_KAFKA if kafka else TARGET_RSS_FILE
+            target = f"≥{eps_t:,} ev/s, ≥{TARGET_RATIO}× fetch, ≤{rss_t} MiB (at 1M)"
+            checks = [
+                f"{mark(r['eps'] >= eps_t)} ev/s",
+                f"{mark(ratio is not None and ratio >= TARGET_RATIO)} ratio",
+                f"{mark(r['rss'] <= rss_t)} RSS",
+            ]
+            if not r.get("complete", True):
+                checks.append("✗ incomplete")
+        else:
+            target = f"p99 ≤ {poll_target:.0f} ms (poll {POLL_INTERVAL} + {TARGET_LAG_SLACK_MS} ms)"
+            checks = [f"{mark(r['p99'] <= poll_target)} p99"]
+            if not r.get("complete", True):
+                checks.append("✗ incomplete")
+        lag = (
+            f"{fmt(r['p50'], '.0f')} / {fmt(r['p99'], '.0f')}" if "p99" in r else "–"
+        )
+        rows.append(
+            [
+                name,
+                f"{r['events']:,}",
+                fmt(r["wall"], ".1f"),
+                fmt(r["eps"], ",.0f"),
+                fmt(r.get("cpu_per_m"), ".1f"),
+                fmt(r.get("rss"), ".1f"),
+                lag,
+                fmt(ratio, ".2f") if ratio is not None else "–",
+                target,
+                ", ".join(checks) if checks else "–",
+            ]
+        )
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def main():
+    unknown = [s for s in SCENARIOS if s not in ALL_SCENARIOS]
+    if unknown:
+        raise SystemExit(f"BENCH_SCENARIOS: unknown {unknown}; choose from {ALL_SCENARIOS}")
+    base = os.environ.get("BENCH_DIR") or tempfile.mkdtemp(prefix="auditrelay-bench-")
+    os.makedirs(base, exist_ok=True)
+    try:
+        return run_all(base)
+    finally:
+        # Also after a signal: the processes are stopped first (on_signal).
+        stop_all()
+        if os.environ.get("BENCH_KEEP"):
+            log(f"kept {base}")
+        elif not os.environ.get("BENCH_DIR"):
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def run_all(base):
+    info = machine(base)
+    kafka_ok = True
+    if any("kafka" in s for s in SCENARIOS):
+        try:
+            import confluent_kafka  # noqa: F401
+        except ImportError:
+            kafka_ok = False
+            log("confluent-kafka is missing: the Kafka rows are skipped")
+        if not TANSU:
+            kafka_ok = False
+            log("tansu is missing: the Kafka rows are skipped")
+
+    results = []
+    runs = {
+        "fetch": ("bare fetch loop", run_fetch),
+        "backfill-file": ("backfill → file", lambda b: run_backfill(b, "file")),
+        "backfill-kafka": ("backfill → kafka", lambda b: run_backfill(b, "kafka")),
+        "live-file": ("live tail → file", lambda b: run_live(b, "file")),
+        "live-kafka": ("live tail → kafka", lambda b: run_live(b, "kafka")),
+    }
+    try:
+        for key in ALL_SCENARIOS:
+            if key not in SCENARIOS:
+                continue
+            name, fn = runs[key]
+            if "kafka" in key and not kafka_ok:
+                results.append((name, {"error": "skipped: tansu or confluent-kafka missing"}))
+                continue
+            log(f"{name}: starting")
+            try:
+                result = fn(base)
+                log(f"{name}: {result}")
+            except Exception as e:
+                log(f"{name}: failed: {e}\n{traceback.format_exc()}")
+                result = {"error": str(e).splitlines()[0][:200]}
+            results.append((name, result))
+    finally:
+        stop_all()
+
+    baseline = next((r["eps"] for n, r in results if n == "bare fetch loop" and "eps" in r), None)
+    out = []
+    out.append("## Machine\n")
+    out += [f"- {k}: {v}" for k, v in info]
+    out.append("\n## Commands\n")
+    out.append("Built with: `" + os.environ.get("BENCH_BUILD_COMMAND", "?") + "`")
+    out.append(
+        f"Settings: BENCH_EVENTS={EVENTS} BENCH_LIVE_SECONDS={LIVE_SECONDS:g} "
+        f"BENCH_LIVE_RATE={LIVE_RATE:g} BENCH_LIVE_WARMUP={LIVE_WARMUP:g} "
+        f"BENCH_POLL_INTERVAL={POLL_INTERVAL} BENCH_QUICK={int(QUICK)}\n"
+    )
+    current = None
+    for scenario, text in COMMANDS:
+        if scenario != current:
+            if current is not None:
+                out.append("```\n")
+            out += [f"### {scenario}\n", "```sh"]
+            current = scenario
+        out.append(text)
+    if current is not None:
+        out.append("```")
+    out.append("\n## Results\n")
+    out.append(table(results, baseline))
+    out.append("")
+    out.append(
+        "events/s: events acknowledged by the sink / (time of the first /metrics poll showing all of them"
+        " acknowledged − daemon start); live rows: events / (last seen − first event's visibility)."
+    )
+    out.append(
+        "CPU: utime+stime of the daemon from /proc/PID/stat just before SIGTERM (live rows: since the first"
+        " live event); peak RSS: VmHWM from /proc/PID/status just before SIGTERM."
+    )
+    out.append(
+        "lag: when the event reached the sink − its created_at (the simulator serves an event from its"
+        " created_at on, and its clock is the real clock). File: the time a 2 ms tail of the output file"
+        " first read the line (readable after write(), at most one fsync before the acknowledgement)."
+        " Kafka: the time an independent consumer (confluent-kafka, fetch.wait.max.ms=10, every"
+        " partition) returned the message. Live events of the first BENCH_LIVE_WARMUP seconds are left out."
+    )
+    out.append("")
+    for name, r in results:
+        if r.get("notes"):
+            out.append(f"- {name}: {r['notes']}")
+    print("\n".join(out))
+    return 0
+
+
+def on_signal(signum, _frame):
+    log(f"signal {signum}: stopping")
+    stop_all()
+    sys.exit(128 + signum)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    sys.exit(main())

@@ -15,12 +15,21 @@
 //! source's [`Enricher`] (within its bound, never longer), and every
 //! request, audit page or user lookup, takes a token of the source's
 //! [`RateBudget`](crate::budget::RateBudget) first.
+//!
+//! Pipelining: a full page comes with the offset of the next one, so that
+//! page is requested ([`Ahead`]) while this one is mapped and committed.
+//! One request at most is in flight, and its answer is used only after the
+//! page before it committed, with the cursor that commit stored; otherwise
+//! (the commit failed, shutdown) it is dropped and nothing is lost: the
+//! stored cursor still points at it.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
+use tokio_util::task::AbortOnDropHandle;
 
 use super::client::{AsanaClient, Page, Position};
 use super::event::{self, Origin};
@@ -120,20 +129,15 @@ impl AsanaSource {
             "asana source started"
         );
         let shutdown = self.ctx.shutdown.clone();
+        // The next page's request, running while this page is committed.
+        let mut ahead: Option<Ahead<Result<Page, SourceError>>> = None;
         while !shutdown.is_cancelled() {
             if !self.ctx.wait_for_outbox_room(&self.config.id).await? {
                 break;
             }
-            let position = self.position(&cursor);
             let health = &self.ctx.health;
-            if !self.ctx.wait_for_budget(self.client.budget()).await {
+            let Some((position, fetched)) = self.next_page(&cursor, ahead.take()).await else {
                 break;
-            }
-            health.beat("fetching a page", self.config.request_timeout + BEAT_SLACK);
-            let fetched = tokio::select! {
-                fetched = self.client.fetch(&position) => fetched,
-                // Nothing is in hand yet: dropping the request loses nothing.
-                () = shutdown.cancelled() => break,
             };
             let delay = match fetched {
                 Ok(page) => {
@@ -146,9 +150,19 @@ impl AsanaSource {
                     // fetched again at once, forever.
                     let full =
                         page.records.len() >= self.client.page_size() && page.next_offset.is_some();
+                    if full {
+                        ahead = self.request_ahead(&position, &page);
+                    }
                     health.beat("committing a page", COMMIT_BOUND);
                     match self.store_page(&mut cursor, page, &position).await {
                         Ok(()) => {
+                            // Never the case: the request ahead was made with
+                            // the cursor this commit stored. Should they ever
+                            // differ, the cursor wins.
+                            if ahead.as_ref().is_some_and(|next| !next.continues(&cursor)) {
+                                tracing::warn!(source = %id, "the page requested ahead does not follow the stored cursor; dropped");
+                                ahead = None;
+                            }
                             health.succeeded();
                             if !full {
                                 health.caught_up();
@@ -162,7 +176,9 @@ impl AsanaSource {
                             self.ctx.metrics.error("state");
                             health.failed(&format!("storing a page: {e}"));
                             // The page is not stored and the cursor did not
-                            // move: the same request is made again.
+                            // move: the same request is made again, and the
+                            // one made ahead of it is dropped.
+                            ahead = None;
                             tracing::error!(source = %id, error = %e, "storing a page failed");
                             let delay = pacing.backoff.next_delay();
                             health.beat("backing off", delay + BEAT_SLACK);
@@ -187,8 +203,71 @@ impl AsanaSource {
                 }
             }
         }
+        // A page fetched ahead but not committed is dropped: the stored
+        // cursor still points at it.
+        drop(ahead);
         tracing::info!(source = %id, "asana source stopped");
         Ok(())
+    }
+
+    /// The next page and the position it was requested with: the answer of
+    /// the request made ahead, if there is one, else a request made now
+    /// from the cursor. `None` on shutdown (nothing is in hand yet, so
+    /// dropping the request loses nothing).
+    async fn next_page(
+        &self,
+        cursor: &SourceCursor,
+        ahead: Option<Ahead<Result<Page, SourceError>>>,
+    ) -> Option<(Position, Result<Page, SourceError>)> {
+        let shutdown = &self.ctx.shutdown;
+        let health = &self.ctx.health;
+        if let Some(ahead) = ahead {
+            // It took its budget token when it started (or is still waiting
+            // for one after a 429 that came meanwhile).
+            health.beat(
+                "fetching a page",
+                self.config.request_timeout + self.client.budget().delay() + BEAT_SLACK,
+            );
+            let position = ahead.position.clone();
+            let fetched = tokio::select! {
+                fetched = ahead.finish() => fetched.unwrap_or_else(|| {
+                    Err(SourceError::Transient("the request was cancelled".to_string()))
+                }),
+                () = shutdown.cancelled() => return None,
+            };
+            return Some((position, fetched));
+        }
+        let position = self.position(cursor);
+        if !self.ctx.wait_for_budget(self.client.budget()).await {
+            return None;
+        }
+        health.beat("fetching a page", self.config.request_timeout + BEAT_SLACK);
+        tokio::select! {
+            fetched = self.client.fetch(&position) => Some((position, fetched)),
+            () = shutdown.cancelled() => None,
+        }
+    }
+
+    /// Starts the request for the page after `page` (sent at `sent`), to
+    /// run while `page` is committed: only when its offset is known and the
+    /// rate budget has a token now (a wait stays in the loop, under its
+    /// heartbeat), never on shutdown.
+    fn request_ahead(
+        &self,
+        sent: &Position,
+        page: &Page,
+    ) -> Option<Ahead<Result<Page, SourceError>>> {
+        let offset = page.next_offset.clone()?;
+        if self.ctx.shutdown.is_cancelled() || !self.client.budget().delay().is_zero() {
+            return None;
+        }
+        let position = following(sent, offset);
+        // A clone shares the connection pool and the budget.
+        let client = self.client.clone();
+        let request = position.clone();
+        Some(Ahead::start(position, async move {
+            client.fetch(&request).await
+        }))
     }
 
     /// The stored cursor, reconciled with the configuration: a first run
@@ -443,6 +522,56 @@ impl AsanaSource {
     }
 }
 
+/// The request after a page sent at `sent` whose `next_page.offset` is
+/// `offset`: what [`AsanaSource::position`] makes of the cursor that page
+/// commits (the start it stores is whole milliseconds).
+fn following(sent: &Position, offset: String) -> Position {
+    let millis = sent.start_at.timestamp_millis();
+    Position {
+        start_at: DateTime::from_timestamp_millis(millis).unwrap_or(sent.start_at),
+        offset: Some(offset),
+    }
+}
+
+/// A request made ahead: it runs on its own task, so that it proceeds while
+/// the loop maps and commits the page before it. Dropping it aborts the
+/// request.
+#[derive(Debug)]
+struct Ahead<T> {
+    /// Where it was sent from.
+    position: Position,
+    task: AbortOnDropHandle<T>,
+}
+
+impl<T: Send + 'static> Ahead<T> {
+    /// Starts `request` (sent from `position`) on its own task.
+    fn start(position: Position, request: impl Future<Output = T> + Send + 'static) -> Self {
+        Self {
+            position,
+            task: AbortOnDropHandle::new(tokio::spawn(request)),
+        }
+    }
+
+    /// Whether it is the request `cursor` resumes with.
+    fn continues(&self, cursor: &SourceCursor) -> bool {
+        self.position.offset.is_some()
+            && self.position.offset == cursor.position
+            && Some(self.position.start_at.timestamp_millis()) == cursor.stream_start
+    }
+
+    /// Its answer; `None` when its task was cancelled (the runtime is
+    /// shutting down). A panic in it carries on here, in the loop's task.
+    async fn finish(self) -> Option<T> {
+        match self.task.await {
+            Ok(answer) => Some(answer),
+            Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(_) => None,
+            },
+        }
+    }
+}
+
 /// Retry timing of one stream.
 #[derive(Debug)]
 struct Pacing {
@@ -457,4 +586,230 @@ struct Pacing {
 /// The earliest start still inside retention, with some slack.
 fn retention_floor(now: DateTime<Utc>) -> DateTime<Utc> {
     now - chrono::Duration::from_std(RETENTION - RETENTION_SLACK).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use crate::config::AsanaFilters;
+    use crate::health::{Health, Role};
+    use crate::metrics::SourceMetrics;
+    use crate::retry::BackoffPolicy;
+    use crate::simulator::{Faults, SimConfig, Simulator};
+    use crate::state::SharedState;
+
+    const WORKSPACE: &str = "1200000000000000";
+
+    fn source(base_url: &str, token: &str, state: &SharedState) -> AsanaSource {
+        let config = AsanaConfig {
+            id: "asana_main".into(),
+            base_url: base_url.into(),
+            workspace_gid: WORKSPACE.into(),
+            token: crate::secret::Secret::new(token),
+            filters: AsanaFilters::default(),
+            page_size: 100,
+            start_at: StartAt::Lookback(Duration::from_secs(7200)),
+            poll_interval: Duration::from_millis(50),
+            request_timeout: Duration::from_secs(10),
+            restart_margin: Duration::from_secs(60),
+            retry: BackoffPolicy::default(),
+            slow_retry_interval: Duration::from_secs(1),
+            requests_per_minute: 100_000,
+            enrich: crate::enrich::EnrichConfig {
+                enabled: false,
+                ..crate::enrich::EnrichConfig::default()
+            },
+        };
+        let ctx = SourceContext {
+            state: state.clone(),
+            stored: Arc::new(tokio::sync::watch::channel(0).0),
+            shutdown: tokio_util::sync::CancellationToken::new(),
+            max_outbox_events: Arc::new(std::sync::atomic::AtomicU64::new(1_000_000)),
+            dedup_window: Duration::from_secs(86400),
+            metrics: SourceMetrics::detached("asana_main", "asana"),
+            health: Health::new().register(
+                Role::Source,
+                "asana_main",
+                "asana",
+                Duration::ZERO,
+                vec![],
+            ),
+        };
+        AsanaSource::new(config, ctx).unwrap()
+    }
+
+    /// Runs `source` until the outbox holds `until` events, then stops it.
+    async fn run_until(source: Arc<AsanaSource>, state: &SharedState, until: i64) {
+        let task = tokio::spawn({
+            let source = Arc::clone(&source);
+            async move { source.run().await }
+        });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let depth = state.call(|db| db.outbox_depth()).await.unwrap();
+            if depth >= until {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "stuck at {depth} events"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        source.ctx.shutdown.cancel();
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_request_ahead_is_the_one_the_committed_cursor_resumes_with() {
+        // A start clamped to retention has sub-millisecond digits; the
+        // cursor stores whole milliseconds.
+        let start_at = DateTime::from_timestamp(1_767_000_000, 123_456_789).unwrap();
+        let sent = Position {
+            start_at,
+            offset: Some("first".into()),
+        };
+        let next = following(&sent, "second".into());
+        // What `store_page` stores for that page.
+        let cursor = SourceCursor {
+            position: Some("second".into()),
+            filters_hash: "h".into(),
+            stream_start: Some(start_at.timestamp_millis()),
+            last_event_time: None,
+            last_event_id: None,
+        };
+        let ahead = Ahead::start(next.clone(), async {});
+        assert!(ahead.continues(&cursor));
+        // Exactly the request the loop makes from that cursor.
+        let dir = tempfile::tempdir().unwrap();
+        let state = SharedState::open(&dir.path().join("state.db")).unwrap();
+        let source = source("http://127.0.0.1:9/api/1.0", "t0ken", &state);
+        assert_eq!(source.position(&cursor), next);
+        for other in [
+            SourceCursor {
+                position: Some("first".into()),
+                ..cursor.clone()
+            },
+            SourceCursor {
+                stream_start: Some(start_at.timestamp_millis() - 1),
+                ..cursor.clone()
+            },
+            SourceCursor {
+                position: None,
+                ..cursor.clone()
+            },
+        ] {
+            assert!(!ahead.continues(&other), "{other:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_ahead_answers_aborts_when_dropped_and_passes_panics_on() {
+        let position = Position {
+            start_at: Utc::now(),
+            offset: Some("o".into()),
+        };
+        let ahead = Ahead::start(position.clone(), async { 7 });
+        assert_eq!(ahead.finish().await, Some(7));
+
+        // Dropped while in flight: the request stops (its future is dropped).
+        struct Flag(Arc<AtomicBool>);
+        impl Drop for Flag {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let dropped = Arc::new(AtomicBool::new(false));
+        let (started_tx, started) = tokio::sync::oneshot::channel();
+        let flag = Flag(Arc::clone(&dropped));
+        let ahead = Ahead::start(position.clone(), async move {
+            let _flag = flag;
+            let _ = started_tx.send(());
+            std::future::pending::<()>().await;
+        });
+        started.await.unwrap();
+        drop(ahead);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !dropped.load(Ordering::SeqCst) {
+            assert!(tokio::time::Instant::now() < deadline, "not aborted");
+            tokio::task::yield_now().await;
+        }
+
+        // A panic in the request is a panic of the loop, as before.
+        let ahead = Ahead::<()>::start(position, async { panic!("boom in the request") });
+        let caller = tokio::spawn(ahead.finish()).await.unwrap_err();
+        let panic = caller.into_panic();
+        assert_eq!(
+            panic.downcast_ref::<&str>().copied(),
+            Some("boom in the request")
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pipelined_backfill_stops_and_resumes_without_repeats_or_gaps() {
+        const EVENTS: u64 = 2_050;
+        let sim = Simulator::new(SimConfig {
+            backlog: EVENTS,
+            rate: 0.0,
+            max_live: Some(0),
+            tokens: vec!["first-token".into(), "second-token".into()],
+            // A second request in flight would get a 429.
+            max_concurrent: 1,
+            // Requests take a while, so a stop finds one running ahead.
+            faults: Faults {
+                latency: Duration::from_millis(15),
+                ..Faults::default()
+            },
+            ..SimConfig::default()
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let base_url = format!("http://{addr}/api/1.0");
+        let stop = tokio_util::sync::CancellationToken::new();
+        let server = tokio::spawn(Arc::clone(&sim).serve(listener, stop.clone().cancelled_owned()));
+        let dir = tempfile::tempdir().unwrap();
+        let state = SharedState::open(&dir.path().join("state.db")).unwrap();
+
+        let first = Arc::new(source(&base_url, "first-token", &state));
+        run_until(Arc::clone(&first), &state, 700).await;
+        let stored = state.call(|db| db.outbox_depth()).await.unwrap() as u64;
+        assert!(stored < EVENTS, "the first run read everything: {stored}");
+        let cursor = state
+            .call(|db| db.cursor("asana_main"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(cursor.position.is_some());
+
+        let second = Arc::new(source(&base_url, "second-token", &state));
+        run_until(Arc::clone(&second), &state, EVENTS as i64).await;
+
+        // The second run started exactly after the last committed page: it
+        // received each remaining event once and none of the first run's.
+        assert_eq!(second.ctx.metrics.received.get(), EVENTS - stored);
+        assert_eq!(second.ctx.metrics.duplicates.get(), 0);
+        let stats: serde_json::Value = reqwest::get(format!("http://{addr}/_sim/stats"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            stats["by_status"].get("429"),
+            None,
+            "two requests were in flight: {stats}"
+        );
+        let ids: Vec<String> = state
+            .call(|db| db.read_outbox(0, usize::MAX))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|record| record.event_id)
+            .collect();
+        assert_eq!(ids, sim.visible_gids(WORKSPACE));
+        stop.cancel();
+        server.await.unwrap().unwrap();
+    }
 }

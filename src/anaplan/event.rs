@@ -129,7 +129,7 @@ pub fn to_outbox(
         },
         id: &id,
         time: format_time(event_date),
-        observed_at: observed_at.to_string(),
+        observed_at,
         event_type: code,
         category: info.map(|i| i.category.as_str()),
         outcome,
@@ -165,7 +165,7 @@ pub fn to_outbox(
         gap: None,
         raw: raw_value,
     };
-    let payload = serde_json::to_string(&envelope).map_err(|e| e.to_string())?;
+    let payload = envelope.to_json().map_err(|e| e.to_string())?;
     Ok(Parsed {
         event: NewEvent {
             event_id: id,
@@ -198,7 +198,7 @@ pub fn gap_marker(origin: Origin<'_>, from: i64, to: i64, observed_at: &str) -> 
         },
         id: &id,
         time: format_time(to),
-        observed_at: observed_at.to_string(),
+        observed_at,
         event_type: Some("auditrelay.gap"),
         category: None,
         outcome: Outcome::Unknown,

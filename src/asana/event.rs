@@ -248,7 +248,7 @@ pub fn to_outbox(
         },
         id: &id,
         time: envelope::format_time(event_time),
-        observed_at: observed_at.to_string(),
+        observed_at,
         event_type: event.event_type.as_deref(),
         category: event.event_category.as_deref(),
         outcome: outcome(event.event_type.as_deref()),
@@ -257,7 +257,7 @@ pub fn to_outbox(
         client,
         raw,
     };
-    let payload = serde_json::to_string(&envelope).map_err(|e| format!("event {id}: {e}"))?;
+    let payload = envelope.to_json().map_err(|e| format!("event {id}: {e}"))?;
     Ok(NewEvent {
         event_id: id,
         event_time,

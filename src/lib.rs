@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 pub mod anaplan;
+pub mod api;
 pub mod app;
 pub mod asana;
 pub mod budget;

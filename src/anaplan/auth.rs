@@ -225,10 +225,7 @@ impl Auth {
             AnaplanCredentials::Token(token) => return self.refresh(token).await,
         };
         let response = request.send().await.map_err(|e| {
-            SourceError::Transient(format!(
-                "logging in: {}",
-                crate::asana::client::describe(&e)
-            ))
+            SourceError::Transient(format!("logging in: {}", crate::api::describe(&e)))
         })?;
         self.token_from(response, "logging in").await
     }
@@ -249,7 +246,7 @@ impl Auth {
             .map_err(|e| {
                 SourceError::Transient(format!(
                     "refreshing the token: {}",
-                    crate::asana::client::describe(&e)
+                    crate::api::describe(&e)
                 ))
             })?;
         match self.token_from(response, "refreshing the token").await {

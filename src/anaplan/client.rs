@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::auth::{Auth, LOGIN_REFUSED};
-use crate::asana::client::{describe, read_limited, read_prefix};
+use crate::api::{self, read_prefix, MAX_ERROR_BYTES};
 use crate::budget::RateBudget;
 use crate::config::AnaplanConfig;
 use crate::metrics::SourceMetrics;
@@ -20,7 +20,6 @@ use crate::source::SourceError;
 
 /// Pages of 10,000 events are a few MiB; far beyond is not a page.
 const MAX_PAGE_BYTES: usize = 64 << 20;
-const MAX_ERROR_BYTES: usize = 64 << 10;
 
 /// The status Anaplan answers (with HTTP 401) when the login lacks the
 /// Tenant Auditor role or audit is off for the tenant.
@@ -121,22 +120,18 @@ impl AnaplanClient {
             ("limit", self.page_size.to_string()),
             ("offset", offset.to_string()),
         ];
-        let response = self
-            .http
-            .get(&self.events_url)
-            .query(&query)
-            .header(reqwest::header::AUTHORIZATION, header)
-            .header(ACCEPT, "application/json")
-            .send()
-            .await
-            .map_err(|e| {
-                self.metrics.request(None);
-                SourceError::Transient(describe(&e))
-            })?;
+        let response = api::send(
+            self.http
+                .get(&self.events_url)
+                .query(&query)
+                .header(reqwest::header::AUTHORIZATION, header)
+                .header(ACCEPT, "application/json"),
+            &self.metrics,
+        )
+        .await?;
         let status = response.status();
-        self.metrics.request(Some(status.as_u16()));
         if status.is_success() {
-            let body = read_limited(response, MAX_PAGE_BYTES).await?;
+            let body = api::json_body(response, MAX_PAGE_BYTES).await?;
             return parse_page(&body);
         }
         let retry_after = response

@@ -17,11 +17,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, RETRY_AFTER};
 use reqwest::StatusCode;
 use serde::Deserialize;
 
-use crate::asana::client::{describe, read_limited, read_prefix, MAX_ERROR_BYTES};
+use crate::api::{self, read_prefix, MAX_ERROR_BYTES};
 use crate::budget::RateBudget;
 use crate::enrich::{UserDirectory, UserInfo};
 use crate::metrics::SourceMetrics;
@@ -160,32 +160,17 @@ impl AnaplanUsers {
             let mut sent = header.clone();
             sent.set_sensitive(true);
             self.budget.acquire().await;
-            let response = self
-                .http
-                .get(url.clone())
-                .header(AUTHORIZATION, sent)
-                .header(ACCEPT, "application/json")
-                .send()
-                .await
-                .map_err(|e| {
-                    self.metrics.request(None);
-                    SourceError::Transient(describe(&e))
-                })?;
+            let response = api::send(
+                self.http
+                    .get(url.clone())
+                    .header(AUTHORIZATION, sent)
+                    .header(ACCEPT, "application/json"),
+                &self.metrics,
+            )
+            .await?;
             let status = response.status();
-            self.metrics.request(Some(status.as_u16()));
             if status.is_success() {
-                let json = response
-                    .headers()
-                    .get(CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .is_some_and(|v| v.contains("json"));
-                if !json {
-                    return Err(SourceError::Transient(format!(
-                        "HTTP {status} with a content type other than JSON: {:?}",
-                        response.headers().get(CONTENT_TYPE)
-                    )));
-                }
-                return read_limited(response, limit).await.map(Some);
+                return api::json_body(response, limit).await.map(Some);
             }
             if status == StatusCode::NOT_FOUND {
                 return Ok(None);

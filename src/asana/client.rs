@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, RETRY_AFTER};
 use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::api;
 use crate::budget::RateBudget;
 use crate::config::{AsanaConfig, AsanaFilters};
 use crate::metrics::SourceMetrics;
@@ -111,34 +112,18 @@ impl AsanaClient {
         let with_offset = position.offset.is_some();
         let auth = bearer(&self.token)?;
         self.budget.acquire().await;
-        let response = self
-            .http
-            .get(&self.url)
-            .query(&query)
-            .header(AUTHORIZATION, auth)
-            .header(ACCEPT, "application/json")
-            .send()
-            .await
-            .map_err(|e| {
-                self.metrics.request(None);
-                SourceError::Transient(describe(&e))
-            })?;
-
+        let response = api::send(
+            self.http
+                .get(&self.url)
+                .query(&query)
+                .header(AUTHORIZATION, auth)
+                .header(ACCEPT, "application/json"),
+            &self.metrics,
+        )
+        .await?;
         let status = response.status();
-        self.metrics.request(Some(status.as_u16()));
         if status.is_success() {
-            let json = response
-                .headers()
-                .get(CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.contains("json"));
-            if !json {
-                return Err(SourceError::Transient(format!(
-                    "HTTP {status} with a content type other than JSON: {:?}",
-                    response.headers().get(CONTENT_TYPE)
-                )));
-            }
-            let body = read_limited(response, MAX_PAGE_BYTES).await?;
+            let body = api::json_body(response, MAX_PAGE_BYTES).await?;
             return parse_page(&body);
         }
 
@@ -148,7 +133,7 @@ impl AsanaClient {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, Utc::now()));
         // Only the start of an error body is ever shown.
-        let body = read_prefix(response, MAX_ERROR_BYTES).await;
+        let body = api::read_prefix(response, api::MAX_ERROR_BYTES).await;
         let message = error_message(&body);
         Err(match status {
             StatusCode::TOO_MANY_REQUESTS => SourceError::RateLimited { retry_after },
@@ -188,50 +173,6 @@ pub(crate) fn bearer(token: &Secret) -> Result<HeaderValue, SourceError> {
 /// A page of 100 events is a few hundred KiB; anything far beyond is not
 /// an audit log page, and reading it whole could exhaust memory.
 const MAX_PAGE_BYTES: usize = 32 << 20;
-
-/// Enough of an error body for its message.
-pub(crate) const MAX_ERROR_BYTES: usize = 64 << 10;
-
-/// Reads a body of at most `limit` bytes; a longer one is a transient
-/// failure (a broken proxy, say) and the request is made again later.
-pub(crate) async fn read_limited(
-    mut response: reqwest::Response,
-    limit: usize,
-) -> Result<Vec<u8>, SourceError> {
-    if response.content_length().is_some_and(|n| n > limit as u64) {
-        return Err(SourceError::Transient(format!(
-            "response body of {} bytes exceeds the {limit}-byte limit",
-            response.content_length().unwrap_or_default()
-        )));
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| SourceError::Transient(format!("reading the response: {}", describe(&e))))?
-    {
-        if body.len() + chunk.len() > limit {
-            return Err(SourceError::Transient(format!(
-                "response body exceeds the {limit}-byte limit"
-            )));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
-/// Up to `limit` bytes of a body, whatever its length; errors end it early.
-pub(crate) async fn read_prefix(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
-    let mut body = Vec::new();
-    while let Ok(Some(chunk)) = response.chunk().await {
-        let room = limit - body.len();
-        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if body.len() == limit {
-            break;
-        }
-    }
-    body
-}
 
 #[derive(Deserialize)]
 struct PageBody {
@@ -278,28 +219,6 @@ pub(crate) fn error_message(body: &[u8]) -> String {
     let mut text: String = text.chars().filter(|c| !c.is_control()).take(300).collect();
     if text.is_empty() {
         text.push_str("no message");
-    }
-    text
-}
-
-/// A reqwest error with its causes, without the URL (which is logged as a
-/// field where it matters) and never with headers.
-pub(crate) fn describe(error: &reqwest::Error) -> String {
-    let kind = if error.is_timeout() {
-        "timed out"
-    } else if error.is_connect() {
-        "connection failed"
-    } else if error.is_body() || error.is_decode() {
-        "reading the response failed"
-    } else {
-        "request failed"
-    };
-    let mut text = kind.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
     }
     text
 }

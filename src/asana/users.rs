@@ -10,13 +10,12 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{ACCEPT, AUTHORIZATION, RETRY_AFTER};
 use reqwest::StatusCode;
 use serde::Deserialize;
 
-use super::client::{
-    bearer, describe, error_message, read_limited, read_prefix, AsanaClient, MAX_ERROR_BYTES,
-};
+use super::client::{bearer, error_message, AsanaClient};
+use crate::api::{self, read_prefix, MAX_ERROR_BYTES};
 use crate::budget::RateBudget;
 use crate::config::AsanaConfig;
 use crate::enrich::{UserDirectory, UserInfo};
@@ -89,32 +88,17 @@ impl UserDirectory for AsanaUsers {
     async fn user(&self, id: &str) -> Result<Option<UserInfo>, SourceError> {
         let auth = bearer(&self.token)?;
         self.budget.acquire().await;
-        let response = self
-            .http
-            .get(self.url(id))
-            .header(AUTHORIZATION, auth)
-            .header(ACCEPT, "application/json")
-            .send()
-            .await
-            .map_err(|e| {
-                self.metrics.request(None);
-                SourceError::Transient(describe(&e))
-            })?;
+        let response = api::send(
+            self.http
+                .get(self.url(id))
+                .header(AUTHORIZATION, auth)
+                .header(ACCEPT, "application/json"),
+            &self.metrics,
+        )
+        .await?;
         let status = response.status();
-        self.metrics.request(Some(status.as_u16()));
         if status.is_success() {
-            let json = response
-                .headers()
-                .get(CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.contains("json"));
-            if !json {
-                return Err(SourceError::Transient(format!(
-                    "HTTP {status} with a content type other than JSON: {:?}",
-                    response.headers().get(CONTENT_TYPE)
-                )));
-            }
-            let body = read_limited(response, MAX_USER_BYTES).await?;
+            let body = api::json_body(response, MAX_USER_BYTES).await?;
             let user: UserBody = serde_json::from_slice(&body).map_err(|e| {
                 SourceError::Transient(format!("malformed user ({} bytes): {e}", body.len()))
             })?;

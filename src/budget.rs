@@ -15,9 +15,11 @@ use tokio::time::Instant;
 
 /// A token bucket shared by everything that calls one API tenant.
 ///
-/// It admits a burst of up to 1/20 of the per-minute rate (at least one
-/// request) and refills the rest evenly. So any 60 seconds see at most
-/// about `requests_per_minute` requests: the burst plus a minute's refill.
+/// It admits a burst of one second's worth of the per-minute rate (at
+/// least one request) and refills the rest evenly. So any 60 seconds see
+/// at most `requests_per_minute` requests (the burst plus a minute's
+/// refill), as a sliding-window limit like Asana's counts them, while a
+/// source that keeps it busy (a parallel backfill) sustains 59/60 of it.
 #[derive(Debug)]
 pub struct RateBudget {
     requests_per_minute: u32,
@@ -40,7 +42,7 @@ impl RateBudget {
     /// A budget of `requests_per_minute` (0 counts as 1).
     pub fn per_minute(requests_per_minute: u32) -> Self {
         let rpm = requests_per_minute.max(1);
-        let burst = (f64::from(rpm) / 20.0).floor().max(1.0);
+        let burst = (f64::from(rpm) / 60.0).floor().max(1.0);
         let refill = (f64::from(rpm) - burst).max(1.0) / 60.0;
         let now = Instant::now();
         Self {
@@ -131,16 +133,16 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn paces_to_the_rate_after_a_burst() {
-        // 60/min: a burst of 3, then 57 per 60 s.
-        let budget = RateBudget::per_minute(60);
+        // 120/min: a burst of 2, then 118 per 60 s.
+        let budget = RateBudget::per_minute(120);
         let start = Instant::now();
-        for _ in 0..3 {
+        for _ in 0..2 {
             budget.acquire().await;
         }
         assert_eq!(start.elapsed(), Duration::ZERO, "the burst is immediate");
-        assert!(budget.delay() > Duration::from_millis(1000));
+        assert!(budget.delay() > Duration::from_millis(500));
         budget.acquire().await;
-        let one = Duration::from_secs_f64(60.0 / 57.0);
+        let one = Duration::from_secs_f64(60.0 / 118.0);
         let elapsed = start.elapsed();
         assert!(
             elapsed >= one && elapsed < one + Duration::from_millis(20),
@@ -153,7 +155,33 @@ mod tests {
             budget.acquire().await;
             count += 1;
         }
-        assert!((55..=60).contains(&count), "{count} requests in a minute");
+        assert!((115..=120).contains(&count), "{count} requests in a minute");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_source_gets_close_to_the_limit_and_never_over_it() {
+        // Asana's 1,500/min, counted over every 60 s window from the start.
+        let budget = RateBudget::per_minute(1500);
+        let start = Instant::now();
+        let mut at = Vec::new();
+        while start.elapsed() < Duration::from_secs(180) {
+            budget.acquire().await;
+            at.push(start.elapsed());
+        }
+        let minute = Duration::from_secs(60);
+        for (i, &t) in at.iter().enumerate() {
+            let in_window = at[i..].iter().take_while(|&&u| u < t + minute).count();
+            assert!(
+                in_window <= 1500,
+                "{in_window} requests within 60 s of {t:?}"
+            );
+        }
+        // Sustained: 1,475 per minute after the burst.
+        let last_minute = at
+            .iter()
+            .filter(|&&t| t >= Duration::from_secs(120))
+            .count();
+        assert!((1470..=1480).contains(&last_minute), "{last_minute}");
     }
 
     #[tokio::test(start_paused = true)]

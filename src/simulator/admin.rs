@@ -25,6 +25,8 @@ pub(super) struct StatsReport {
     #[serde(flatten)]
     counters: Counters,
     early_requests: u64,
+    /// The most requests of one token in flight at once (admitted ones).
+    peak_in_flight: u64,
     workspaces: BTreeMap<String, WorkspaceStats>,
 }
 
@@ -46,6 +48,7 @@ pub(super) async fn stats(State(sim): State<Arc<Simulator>>) -> Json<StatsReport
     Json(StatsReport {
         counters,
         early_requests: sim.limiter.early_requests(),
+        peak_in_flight: sim.limiter.peak_in_flight(),
         workspaces,
     })
 }

@@ -28,6 +28,8 @@ pub(crate) struct Limiter {
     max_concurrent: u32,
     tokens: Mutex<HashMap<String, TokenState>>,
     early_requests: AtomicU64,
+    /// The most requests of one token that were in flight at once.
+    peak_in_flight: AtomicU64,
 }
 
 /// Holds one in-flight slot of a token until dropped (also when the request is cancelled).
@@ -57,11 +59,17 @@ impl Limiter {
             max_concurrent,
             tokens: Mutex::new(HashMap::new()),
             early_requests: AtomicU64::new(0),
+            peak_in_flight: AtomicU64::new(0),
         }
     }
 
     pub(crate) fn early_requests(&self) -> u64 {
         self.early_requests.load(Ordering::Relaxed)
+    }
+
+    /// The most requests of one token that were in flight at once.
+    pub(crate) fn peak_in_flight(&self) -> u64 {
+        self.peak_in_flight.load(Ordering::Relaxed)
     }
 
     /// Notes a request arriving at `now`; returns true (and counts it) if the token was told
@@ -114,6 +122,8 @@ impl Limiter {
             return None;
         }
         state.in_flight += 1;
+        self.peak_in_flight
+            .fetch_max(u64::from(state.in_flight), Ordering::Relaxed);
         Some(Permit {
             limiter: Arc::clone(self),
             token: token.to_string(),

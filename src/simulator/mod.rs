@@ -18,7 +18,8 @@
 //! Admin endpoints (not part of Asana's API, not counted in the statistics):
 //!
 //! - `GET /_sim/stats`: request counts by status and by endpoint and status (`by_endpoint`,
-//!   keys `audit_log_events`, `users`, `other`), `early_requests`, visible events per
+//!   keys `audit_log_events`, `users`, `other`), `early_requests`, `peak_in_flight` (most requests of one token in
+//!   flight at once), visible events per
 //!   workspace and fault counters.
 //! - `GET /_sim/events?workspace=GID`: `{"gids": [...]}`, every visible valid event in stream
 //!   order (the first workspace if `workspace` is omitted).

@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -102,6 +102,8 @@ impl Health {
             state: Mutex::new(ComponentRecord::new(role.as_str(), id, kind)),
             dirty: std::sync::atomic::AtomicBool::new(true),
             succeeded_here: std::sync::atomic::AtomicBool::new(false),
+            parent: None,
+            lanes: Mutex::default(),
         })
     }
 
@@ -124,18 +126,24 @@ impl Health {
         lock(&self.components).values().cloned().collect()
     }
 
-    /// Components past the deadline they promised, with what they were doing
-    /// and by how much they are late.
+    /// Components past the deadline they promised (or one of their lanes
+    /// did), with what they were doing and by how much they are late.
     pub fn overdue(&self) -> Vec<(Arc<Component>, &'static str, Duration)> {
         let now = self.epoch.elapsed().as_millis() as u64;
         self.all()
             .into_iter()
             .filter_map(|c| {
-                let deadline = c.deadline_ms.load(Ordering::Relaxed);
-                (deadline != IDLE && now > deadline).then(|| {
-                    let activity = *lock(&c.activity);
-                    (c, activity, Duration::from_millis(now - deadline))
-                })
+                let lanes: Vec<Arc<Component>> =
+                    lock(&c.lanes).iter().filter_map(Weak::upgrade).collect();
+                let late = std::iter::once(&c)
+                    .chain(lanes.iter())
+                    .filter_map(|task| {
+                        let deadline = task.deadline_ms.load(Ordering::Relaxed);
+                        (deadline != IDLE && now > deadline)
+                            .then(|| (*lock(&task.activity), now - deadline))
+                    })
+                    .max_by_key(|(_, late)| *late);
+                late.map(|(activity, late)| (c, activity, Duration::from_millis(late)))
             })
             .collect()
     }
@@ -192,6 +200,10 @@ pub struct Component {
     /// A success in this process (a stored one from before a restart does
     /// not make a source ready).
     succeeded_here: std::sync::atomic::AtomicBool,
+    /// Set on a lane: where its successes and failures go.
+    parent: Option<Arc<Component>>,
+    /// Lanes of this component that are still alive.
+    lanes: Mutex<Vec<Weak<Component>>>,
 }
 
 impl Component {
@@ -206,6 +218,38 @@ impl Component {
 
     pub fn kind(&self) -> &str {
         &self.kind
+    }
+
+    /// A lane: for a task that works beside the component's own (a slice
+    /// of a backfill). It promises its own deadlines, so a hung lane is
+    /// overdue even while the main task keeps beating; its successes and
+    /// failures count for the component, while "caught up" does not (a
+    /// lane reaching its end says nothing about the component's). It stops
+    /// counting when dropped.
+    pub fn lane(self: &Arc<Self>) -> Arc<Component> {
+        let lane = Arc::new(Component {
+            role: self.role,
+            id: self.id.clone(),
+            kind: self.kind.clone(),
+            epoch: self.epoch,
+            ready_within: self.ready_within,
+            secrets: self.secrets.clone(),
+            deadline_ms: AtomicU64::new(IDLE),
+            activity: Mutex::new("starting"),
+            state: Mutex::new(ComponentRecord::new(
+                self.role.as_str(),
+                &self.id,
+                &self.kind,
+            )),
+            dirty: std::sync::atomic::AtomicBool::new(false),
+            succeeded_here: std::sync::atomic::AtomicBool::new(false),
+            parent: Some(Arc::clone(self)),
+            lanes: Mutex::default(),
+        });
+        let mut lanes = lock(&self.lanes);
+        lanes.retain(|l| l.strong_count() > 0);
+        lanes.push(Arc::downgrade(&lane));
+        lane
     }
 
     /// Promises to report again within `within`, while doing `activity`.
@@ -234,6 +278,9 @@ impl Component {
 
     /// A poll or a delivery worked.
     pub fn succeeded(&self) {
+        if let Some(parent) = &self.parent {
+            return parent.succeeded();
+        }
         let mut state = lock(&self.state);
         state.last_success_at = Some(unix_ms_now());
         state.consecutive_failures = 0;
@@ -243,6 +290,9 @@ impl Component {
 
     /// A poll reached the end of the stream: everything up to now is read.
     pub fn caught_up(&self) {
+        if self.parent.is_some() {
+            return;
+        }
         lock(&self.state).caught_up_at = Some(unix_ms_now());
         self.dirty.store(true, Ordering::Relaxed);
     }
@@ -250,6 +300,9 @@ impl Component {
     /// A poll or a delivery failed. Configured credentials are cut out of
     /// the message before it is kept.
     pub fn failed(&self, error: &str) {
+        if let Some(parent) = &self.parent {
+            return parent.failed(error);
+        }
         let message = redact(error, &self.secrets);
         let mut state = lock(&self.state);
         state.last_error_at = Some(unix_ms_now());
@@ -436,5 +489,33 @@ mod tests {
         let records = health.changed_records();
         assert_eq!(records.len(), 1);
         assert!(records[0].last_success_at.is_some());
+    }
+
+    #[test]
+    fn a_lane_has_its_own_deadline_and_reports_to_its_component() {
+        let health = Health::new();
+        let source = health.register(Role::Source, "a", "asana", Duration::from_secs(60), vec![]);
+        let lane = source.lane();
+        source.beat("fetching a page", Duration::from_secs(60));
+        lane.beat("committing a slice", Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(5));
+        // The main task is on time; the lane is not, so the source is late.
+        let late = health.overdue();
+        assert_eq!(late.len(), 1);
+        assert_eq!(late[0].0.name(), "source/a");
+        assert_eq!(late[0].1, "committing a slice");
+        // Successes and failures count for the source; "caught up" does not.
+        lane.failed("slice request failed");
+        assert_eq!(source.record().consecutive_failures, 1);
+        lane.succeeded();
+        let record = source.record();
+        assert_eq!(record.consecutive_failures, 0);
+        assert!(record.last_success_at.is_some());
+        lane.caught_up();
+        assert_eq!(source.record().caught_up_at, None);
+        assert!(source.check(unix_ms_now()).ok);
+        // A finished lane no longer counts.
+        drop(lane);
+        assert!(health.overdue().is_empty());
     }
 }

@@ -17,7 +17,10 @@ Environment (scripts/bench documents the same):
   BENCH_POLL_INTERVAL=D    the source's poll_interval in the live rows (default 1s)
   BENCH_BATCH_SIZE=N       sinks' batch_size (default: the daemon's default)
   BENCH_SCENARIOS=a,b      subset of: fetch,backfill-file,backfill-kafka,
-                           live-file,live-kafka (default all)
+                           live-file,live-kafka,slices,serial (default all)
+  BENCH_SLICE_EVENTS=N     backlog of the rate-limit rows (default 1,000,000;
+                           quick 100,000; the serial row reads 1/20 of it)
+  BENCH_SLICE_LATENCY=D    simulated latency per request there (default 400ms)
   BENCH_DIR=DIR            work directory (default: a new one under $TMPDIR);
                            kept with BENCH_KEEP=1
 """
@@ -53,7 +56,16 @@ LIVE_RATE = float(os.environ.get("BENCH_LIVE_RATE", "500"))
 LIVE_WARMUP = float(os.environ.get("BENCH_LIVE_WARMUP", "2"))
 POLL_INTERVAL = os.environ.get("BENCH_POLL_INTERVAL", "1s")
 BATCH_SIZE = os.environ.get("BENCH_BATCH_SIZE", "")
-ALL_SCENARIOS = ["fetch", "backfill-file", "backfill-kafka", "live-file", "live-kafka"]
+ALL_SCENARIOS = [
+    "fetch", "backfill-file", "backfill-kafka", "live-file", "live-kafka", "slices", "serial",
+]
+SLICE_EVENTS = int(os.environ.get("BENCH_SLICE_EVENTS", "100000" if QUICK else "1000000"))
+SLICE_LATENCY = os.environ.get("BENCH_SLICE_LATENCY", "400ms")
+# Asana's limit and page size: the bound on any client's backfill rate.
+ASANA_RPM = 1500
+ASANA_PAGE = 100
+RATE_LIMIT_BOUND_EPS = ASANA_RPM / 60 * ASANA_PAGE
+TARGET_SLICES_SHARE = 0.9
 SCENARIOS = [
     s.strip()
     for s in os.environ.get("BENCH_SCENARIOS", ",".join(ALL_SCENARIOS)).split(",")
@@ -217,16 +229,17 @@ def http_get(url, timeout=2.0):
 
 
 class Simulator:
-    def __init__(self, scenario, work, extra):
+    def __init__(self, scenario, work, extra, rate_limit=1_000_000_000):
         self.scenario = scenario
         cmd = [
             BIN, "simulate",
             "--listen", "127.0.0.1:0",
             "--seed", str(SEED),
             "--token", TOKEN,
-            # Far above what any run needs: the benchmark measures the
-            # pipeline, not Asana's 1500/min.
-            "--rate-limit", "1000000000",
+            # By default far above what any run needs: those rows measure
+            # the pipeline, not Asana's 1500/min. The rate-limit rows pass
+            # Asana's limit.
+            "--rate-limit", str(rate_limit),
         ] + extra
         self.proc = spawn(scenario, cmd, None, os.path.join(work, "simulator.log"), capture_stdout=True)
         line = self._read_line(30)
@@ -514,6 +527,112 @@ def run_backfill(base, sink):
             broker.stop()
 
 
+def delivered_ids(work):
+    """Event ids in the file sink's output (every kept file): (lines, set)."""
+    lines, ids = 0, set()
+    out = os.path.join(work, "out")
+    for name in sorted(os.listdir(out)):
+        with open(os.path.join(out, name), "rb") as f:
+            for line in f:
+                if line.strip():
+                    lines += 1
+                    ids.add(json.loads(line)["id"])
+    return lines, ids
+
+
+def run_rate_limited(base, parallel):
+    """A backlog read within Asana's limits (1,500 requests/min, pages of
+    100, SLICE_LATENCY per request) while live events keep arriving: with
+    parallel time slices (the default) or as one stream (parallel_slices =
+    1, on 1/20 of the backlog: one stream is ~10× slower). Checks nothing
+    was lost or repeated against the simulator's own list of events."""
+    events = SLICE_EVENTS if parallel else max(SLICE_EVENTS // 20, 500)
+    name = "rate limit: parallel slices" if parallel else "rate limit: one stream"
+    work = new_workdir(base, "slices" if parallel else "serial")
+    live_rate = 2
+    flags = [
+        "--events", str(events), "--backlog-span", "30d",
+        "--rate", str(live_rate), "--latency", SLICE_LATENCY,
+    ]
+    sim = Simulator(name, work, flags, rate_limit=ASANA_RPM)
+    daemon = None
+    try:
+        # Asana's defaults: page_size 100, requests_per_minute 1500,
+        # parallel_slices 16, enrichment on (its lookups share the budget).
+        source_extra = 'start_at = "31d"\npoll_interval = "1s"\n'
+        if not parallel:
+            source_extra += "parallel_slices = 1\n"
+        # No rotation loses anything: every line is checked.
+        file_extra = "max_bytes = 1073741824\nmax_files = 8\n"
+        config, port, sink_id = daemon_config(work, sim, None, source_extra, file_extra)
+        daemon = Daemon(name, work, config, port, sink_id)
+        pages = events / ASANA_PAGE
+        timeout = 120 + (pages / (ASANA_RPM / 60) * 2 if parallel else pages * 2)
+        deadline = daemon.started + timeout
+        done_at, slices_seen, acked = None, 0, 0
+        last_report = time.monotonic()
+        while time.time() < deadline:
+            if not daemon.alive():
+                raise RuntimeError(f"daemon exited early ({daemon.proc.returncode}); see {work}/daemon.log")
+            text = daemon.metrics()
+            acked = daemon.acknowledged(text) or 0
+            slices = daemon.metric("auditrelay_source_backfill_slices", 'source="bench"', text)
+            slices_seen = max(slices_seen, slices or 0)
+            # One stream reads the backlog before any live event; slices
+            # are done when none is left.
+            if acked >= events and (not parallel or (slices_seen > 0 and slices == 0)):
+                done_at = time.time()
+                break
+            if time.monotonic() - last_report > 15:
+                last_report = time.monotonic()
+                log(f"{name}: {acked:.0f} / {events} acknowledged, {slices} slices left")
+            time.sleep(0.1)
+        end = done_at or time.time()
+        wall = end - daemon.started
+        # Then everything the simulator shows must arrive, once.
+        expected = set(json.loads(http_get(sim.admin + "/events", timeout=60))["gids"])
+        settle = time.time() + 30
+        while time.time() < settle and (daemon.acknowledged() or 0) < len(expected):
+            time.sleep(0.2)
+        cpu, rss = daemon.cpu(), daemon.rss()
+        stats = sim.stats()
+        daemon.stop()
+        lines, got = delivered_ids(work)
+        missing = len(expected - got)
+        requests = stats["by_endpoint"].get("audit_log_events", {})
+        limited = stats["by_status"].get("429", 0)
+        eps = events / wall if wall > 0 else 0
+        notes = [
+            f"{events:,} backlog events over 30 d, {live_rate} live events/s meanwhile, "
+            f"latency {SLICE_LATENCY}, limit {ASANA_RPM}/min, pages of {ASANA_PAGE}",
+            f"{sum(requests.values())} audit requests ({requests.get('200', 0)} answered 200), "
+            f"{stats['by_endpoint'].get('users', {}).get('200', 0)} user lookups, "
+            f"{limited} answered 429, peak {stats.get('peak_in_flight', '?')} in flight",
+            f"{lines:,} lines, {len(got):,} distinct ids; {missing} of the simulator's "
+            f"{len(expected):,} events missing, {lines - len(got)} repeated",
+            f"daemon CPU {cpu:.1f} s, peak RSS {rss:.1f} MiB",
+        ]
+        if done_at is None:
+            notes.append(f"TIMED OUT after {timeout:.0f}s")
+        return {
+            "events": events,
+            "wall": wall,
+            "eps": eps,
+            "share": eps / RATE_LIMIT_BOUND_EPS,
+            "rss": rss,
+            "cpu_per_m": cpu / events * 1e6,
+            "complete": done_at is not None,
+            "lost": missing,
+            "repeated": lines - len(got),
+            "limited": limited,
+            "notes": "; ".join(notes),
+        }
+    finally:
+        if daemon:
+            daemon.stop()
+        sim.stop()
+
+
 class FileTail:
     """Reads the file sink's output as it grows: each complete line gets the
     wall-clock time of the poll that first saw it."""
@@ -728,6 +847,18 @@ def table(results, baseline_eps):
         target, checks = "", []
         if name == "bare fetch loop":
             target = "baseline"
+        elif name.startswith("rate limit"):
+            bound = RATE_LIMIT_BOUND_EPS
+            if name.endswith("slices"):
+                target = f"≥{TARGET_SLICES_SHARE:.0%} of {bound:,.0f} ev/s; 0 lost, 0 repeated"
+                checks = [f"{mark(r['share'] >= TARGET_SLICES_SHARE)} {r['share']:.0%} of bound"]
+            else:
+                target = "the one-stream baseline"
+                checks = [f"{r['share']:.0%} of bound"]
+            checks.append(f"{mark(r['lost'] == 0 and r['repeated'] == 0)} {r['lost']} lost, {r['repeated']} repeated")
+            checks.append(f"{r['limited']} × 429")
+            if not r.get("complete", True):
+                checks.append("✗ incomplete")
         elif name.startswith("backfill"):
             kafka = name.endswith("kafka")
             eps_t = TARGET_KAFKA_EPS if kafka else TARGET_FILE_EPS
@@ -804,6 +935,8 @@ def run_all(base):
         "backfill-kafka": ("backfill → kafka", lambda b: run_backfill(b, "kafka")),
         "live-file": ("live tail → file", lambda b: run_live(b, "file")),
         "live-kafka": ("live tail → kafka", lambda b: run_live(b, "kafka")),
+        "slices": ("rate limit: parallel slices", lambda b: run_rate_limited(b, True)),
+        "serial": ("rate limit: one stream", lambda b: run_rate_limited(b, False)),
     }
     try:
         for key in ALL_SCENARIOS:
@@ -863,6 +996,14 @@ def run_all(base):
         " Kafka: the time an independent consumer (confluent-kafka, fetch.wait.max.ms=10, every"
         " partition) returned the message. Live events of the first BENCH_LIVE_WARMUP seconds are left out."
     )
+    by_name = dict(results)
+    sliced, serial = by_name.get("rate limit: parallel slices"), by_name.get("rate limit: one stream")
+    if sliced and serial and sliced.get("eps") and serial.get("eps"):
+        out.append(
+            f"Parallel slices drained the backlog {sliced['eps'] / serial['eps']:.1f}× as fast as one stream"
+            f" ({sliced['eps']:,.0f} vs {serial['eps']:,.0f} events/s; bound"
+            f" {RATE_LIMIT_BOUND_EPS:,.0f} = {ASANA_RPM}/min × {ASANA_PAGE} per page / 60)."
+        )
     out.append("")
     for name, r in results:
         if r.get("notes"):

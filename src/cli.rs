@@ -419,6 +419,7 @@ async fn check(config: &Config) -> bool {
                         client
                             .fetch(&Position {
                                 start_at: since,
+                                end_at: None,
                                 offset: None,
                             })
                             .await
@@ -588,6 +589,8 @@ fn reset(
                 ..cursor
             };
             db.set_cursor(source, "asana", &cursor)?;
+            // A backfill under way belonged to the old start.
+            db.delete_slices(source)?;
             println!(
                 "source {source}: will restart from {}",
                 format_time(at.timestamp_millis())

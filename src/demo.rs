@@ -106,6 +106,8 @@ pub fn config(args: &DemoArgs, base_url: String, anaplan_url: String) -> Config 
                 poll_interval: Duration::from_secs(2),
                 request_timeout: Duration::from_secs(10),
                 restart_margin: Duration::from_secs(300),
+                parallel_slices: crate::config::DEFAULT_PARALLEL_SLICES,
+                backfill_threshold: Duration::from_secs(3600),
                 retry: BackoffPolicy {
                     initial: Duration::from_millis(200),
                     max: Duration::from_secs(10),

@@ -76,6 +76,7 @@ struct SourceFamilies {
     retention_warning: Family<SourceLabels, Gauge>,
     last_success: Family<SourceLabels, FloatGauge>,
     paused: Family<SourceLabels, Gauge>,
+    backfill_slices: Family<SourceLabels, Gauge>,
     cache_hits: Family<SourceLabels, Counter>,
     cache_misses: Family<SourceLabels, Counter>,
 }
@@ -248,6 +249,11 @@ impl Metrics {
             "1 while the source waits for room in the outbox",
             s.paused.clone(),
         );
+        src.register(
+            "backfill_slices",
+            "Time slices of a backlog the source has still to read (0 outside a backfill)",
+            s.backfill_slices.clone(),
+        );
 
         let k = &sinks;
         let snk = r.sub_registry_with_prefix("sink");
@@ -342,6 +348,7 @@ impl Metrics {
             retention_warning: s.retention_warning.get_or_create_owned(&labels),
             last_success: s.last_success.get_or_create_owned(&labels),
             paused: s.paused.get_or_create_owned(&labels),
+            backfill_slices: s.backfill_slices.get_or_create_owned(&labels),
             requests: s.requests.clone(),
             errors: s.errors.clone(),
             labels: Arc::new(labels),
@@ -395,6 +402,7 @@ impl Metrics {
         s.rate_limit_wait_seconds.remove(&labels);
         s.retention_warning.remove(&labels);
         s.paused.remove(&labels);
+        s.backfill_slices.remove(&labels);
     }
 
     /// Drops a removed sink's series.
@@ -471,6 +479,7 @@ pub struct SourceMetrics {
     pub retention_warning: Gauge,
     pub last_success: FloatGauge,
     pub paused: Gauge,
+    pub backfill_slices: Gauge,
 }
 
 impl SourceMetrics {

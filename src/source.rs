@@ -9,7 +9,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::health::Component;
 use crate::metrics::SourceMetrics;
-use crate::state::{NewEvent, PageOutcome, Quarantined, SharedState, SourceCursor, StateError};
+use crate::state::{
+    NewEvent, PageOutcome, Quarantined, SharedState, SliceCursor, SourceCursor, StateError,
+};
 
 /// Why a request to a source's API failed, by what the loop does next.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +92,32 @@ impl SourceContext {
             .state
             .call(move |db| db.commit_page(&id, kind, &events, &quarantined, &cursor))
             .await?;
+        self.count_page(source, received, outcome);
+        Ok(outcome)
+    }
+
+    /// Commits a page of a backfill slice like [`Self::commit_page`], with
+    /// the slice's cursor; a `finished` slice is deleted instead.
+    pub async fn commit_slice_page(
+        &self,
+        source: &str,
+        page: (Vec<NewEvent>, Vec<Quarantined>),
+        slice: SliceCursor,
+        finished: bool,
+    ) -> Result<PageOutcome, StateError> {
+        let (events, quarantined) = page;
+        let received = (events.len() + quarantined.len()) as u64;
+        let id = source.to_string();
+        let outcome = self
+            .state
+            .call(move |db| db.commit_slice_page(&id, &events, &quarantined, &slice, finished))
+            .await?;
+        self.count_page(source, received, outcome);
+        Ok(outcome)
+    }
+
+    /// Counts a committed page and wakes the sinks if it stored anything.
+    fn count_page(&self, source: &str, received: u64, outcome: PageOutcome) {
         self.metrics.received.inc_by(received);
         self.metrics.stored.inc_by(outcome.stored);
         self.metrics.duplicates.inc_by(outcome.duplicates);
@@ -104,7 +132,6 @@ impl SourceContext {
             quarantined = outcome.quarantined,
             "page committed"
         );
-        Ok(outcome)
     }
 
     /// Keeps the state file bounded: the source's dedup window, the newest

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::envelope::format_time;
-use crate::state::Observation;
+use crate::state::{BackfillProgress, Observation};
 
 /// One source's figures at a moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,9 +22,12 @@ pub struct SourceFigures {
     /// event, or the last poll that reached the end of the stream, or the
     /// stream's start.
     pub cursor_age_ms: i64,
-    /// The point up to which everything was read (Unix ms).
+    /// The point up to which everything was read (Unix ms): during a
+    /// backfill, by the live tail and every slice.
     pub read_through_ms: i64,
     pub last_success_ms: Option<i64>,
+    /// The backfill under way, if any.
+    pub backfill: Option<BackfillProgress>,
 }
 
 impl SourceFigures {
@@ -37,11 +40,18 @@ impl SourceFigures {
             .iter()
             .find(|h| h.role == "source" && h.id == id);
         let caught_up = health.and_then(|h| h.caught_up_at);
-        let read_through = [cursor.last_event_time, caught_up]
+        let tail = [cursor.last_event_time, caught_up]
             .into_iter()
             .flatten()
             .max()
             .or(cursor.stream_start)?;
+        let backfill = observation
+            .backfills
+            .iter()
+            .find(|(s, _)| s == id)
+            .map(|(_, b)| *b);
+        // Slices of a backlog are older than anything the tail reads.
+        let read_through = backfill.map_or(tail, |b| b.read_through_ms.min(tail));
         let cursor_age_ms = now_ms.saturating_sub(read_through).max(0);
         let lag_ms = cursor
             .last_event_time
@@ -51,6 +61,7 @@ impl SourceFigures {
             cursor_age_ms,
             read_through_ms: read_through,
             last_success_ms: health.and_then(|h| h.last_success_at),
+            backfill,
         })
     }
 }
@@ -75,6 +86,10 @@ pub struct SourceStatus {
     /// Whether the configuration still has it.
     pub configured: bool,
     pub read_through: Option<String>,
+    /// Time slices of a backlog still being read (absent outside a
+    /// backfill).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backfill_slices_left: Option<u64>,
     pub newest_event: Option<String>,
     pub lag_seconds: Option<i64>,
     pub cursor_age_seconds: Option<i64>,
@@ -125,6 +140,7 @@ pub fn build(config: &Config, observation: &Observation, running: bool, now_ms: 
                 kind: kind.clone(),
                 configured: configured.is_some(),
                 read_through: time(figures.map(|f| f.read_through_ms)),
+                backfill_slices_left: figures.and_then(|f| f.backfill).map(|b| b.pending),
                 newest_event: time(cursor.last_event_time),
                 lag_seconds: figures.map(|f| f.lag_ms / 1000),
                 cursor_age_seconds: figures.map(|f| f.cursor_age_ms / 1000),
@@ -185,8 +201,12 @@ pub fn render(status: &Status) -> String {
     );
     section(&mut out, "sources", status.sources.is_empty());
     for s in &status.sources {
+        let backfill = s
+            .backfill_slices_left
+            .map(|n| format!(" (backfill: {n} time slices left)"))
+            .unwrap_or_default();
         let detail = format!(
-            "read through {}, newest event {}, lag {}, retention used {}\n    last success {}",
+            "read through {}{backfill}, newest event {}, lag {}, retention used {}\n    last success {}",
             dash(&s.read_through),
             dash(&s.newest_event),
             s.lag_seconds.map_or("-".into(), human_seconds),

@@ -267,6 +267,7 @@ mod tests {
             health: vec![health],
             outbox_events: 0,
             file_bytes: 0,
+            backfills: vec![],
         }
     }
 

@@ -28,6 +28,9 @@ use crate::source::SourceError;
 pub struct Position {
     /// The stream's start (inclusive).
     pub start_at: DateTime<Utc>,
+    /// Where a slice of a backlog ends (exclusive); `None` for the live
+    /// stream. Bound to the offset like `start_at`.
+    pub end_at: Option<DateTime<Utc>>,
     /// The latest `next_page.offset` of the stream, if any.
     pub offset: Option<String>,
 }
@@ -102,6 +105,12 @@ impl AsanaClient {
                 .start_at
                 .to_rfc3339_opts(SecondsFormat::Millis, true),
         )];
+        if let Some(end_at) = position.end_at {
+            query.push((
+                "end_at",
+                end_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+            ));
+        }
         for (name, value) in self.filters.pairs() {
             query.push((name, value.to_string()));
         }

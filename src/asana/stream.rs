@@ -39,7 +39,7 @@ use crate::enrich::Enricher;
 use crate::envelope::format_time;
 use crate::retry::{rate_limit_wait, Backoff};
 use crate::source::{sleep_or_cancel, SourceContext, SourceError, PRUNE_EVERY};
-use crate::state::{NewEvent, Quarantined, SourceCursor, StateError};
+use crate::state::{NewEvent, Quarantined, SliceCursor, SourceCursor, StateError};
 
 /// Asana deletes audit events after 90 days.
 pub const RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
@@ -111,32 +111,119 @@ impl AsanaSource {
         &self.config.id
     }
 
-    /// Follows the stream until shutdown. Errors from the API never end the
-    /// loop; only a state file that cannot be read or written does.
+    /// Follows the stream until shutdown, and reads the slices of a backlog
+    /// beside it. Errors from the API never end the loops; only a state
+    /// file that cannot be read or written does.
     pub async fn run(&self) -> Result<(), StateError> {
-        let id = self.config.id.clone();
-        let mut cursor = self.load_cursor().await?;
+        let (cursor, slices) = self.load_cursor().await?;
+        tracing::info!(
+            source = %self.config.id,
+            workspace = %self.config.workspace_gid,
+            resuming = cursor.position.is_some(),
+            backfill_slices = slices.len(),
+            "asana source started"
+        );
+        tokio::try_join!(
+            self.follow(Track::Tail, cursor, &self.ctx),
+            self.backfill(slices)
+        )?;
+        tracing::info!(source = %self.config.id, "asana source stopped");
+        Ok(())
+    }
+
+    /// Reads `slices`, `parallel_slices` at a time, oldest first, each on
+    /// its own [lane](crate::health::Component::lane). Returns when all are
+    /// read, or on shutdown (the rest resume at the next start).
+    async fn backfill(&self, slices: Vec<SliceCursor>) -> Result<(), StateError> {
+        use futures::stream::{FuturesUnordered, StreamExt};
+
+        let total = slices.len();
+        if total == 0 {
+            return Ok(());
+        }
+        let id = &self.config.id;
+        let started = tokio::time::Instant::now();
+        let stored_before = self.ctx.metrics.stored.get();
+        let metrics = &self.ctx.metrics;
+        metrics.backfill_slices.set(total as i64);
+        tracing::info!(
+            source = %id,
+            slices = total,
+            parallel = self.config.parallel_slices,
+            from = %format_time(slices.iter().map(SliceCursor::read_through).min().unwrap_or_default()),
+            to = %format_time(slices.iter().map(|s| s.end_ms).max().unwrap_or_default()),
+            "backfill started"
+        );
+        let parallel = usize::try_from(self.config.parallel_slices.max(1)).unwrap_or(1);
+        let mut queue = slices.into_iter();
+        let mut running = FuturesUnordered::new();
+        let mut finished = 0usize;
+        loop {
+            while running.len() < parallel && !self.ctx.shutdown.is_cancelled() {
+                let Some(slice) = queue.next() else { break };
+                let ctx = SourceContext {
+                    health: self.ctx.health.lane(),
+                    ..self.ctx.clone()
+                };
+                running.push(async move {
+                    let track = Track::Slice {
+                        slice: slice.slice,
+                        end_ms: slice.end_ms,
+                    };
+                    self.follow(track, slice.cursor, &ctx).await
+                });
+            }
+            match running.next().await {
+                None => break,
+                Some(read) => {
+                    if read? {
+                        finished += 1;
+                        metrics.backfill_slices.set((total - finished) as i64);
+                    }
+                }
+            }
+        }
+        if finished == total {
+            tracing::info!(
+                source = %id,
+                slices = total,
+                // Includes what the live tail stored meanwhile.
+                stored = metrics.stored.get().saturating_sub(stored_before),
+                elapsed_s = started.elapsed().as_secs(),
+                "backfill finished"
+            );
+        } else {
+            tracing::info!(source = %id, read = finished, left = total - finished, "backfill stopped; the rest resumes at the next start");
+        }
+        Ok(())
+    }
+
+    /// Follows one stream: the live tail until shutdown, or a slice until
+    /// its end. Returns whether it reached its end (a slice that was read
+    /// completely, and deleted from the state file with its last page).
+    async fn follow(
+        &self,
+        track: Track,
+        mut cursor: SourceCursor,
+        ctx: &SourceContext,
+    ) -> Result<bool, StateError> {
+        let id = self.config.id.as_str();
         let mut pacing = Pacing {
             backoff: Backoff::new(self.config.retry),
             expiry: Backoff::new(self.config.retry),
             expired_in_a_row: 0,
         };
         let mut last_prune = tokio::time::Instant::now();
-        tracing::info!(
-            source = %id,
-            workspace = %self.config.workspace_gid,
-            resuming = cursor.position.is_some(),
-            "asana source started"
-        );
-        let shutdown = self.ctx.shutdown.clone();
+        let shutdown = ctx.shutdown.clone();
+        let health = &ctx.health;
         // The next page's request, running while this page is committed.
         let mut ahead: Option<Ahead<Result<Page, SourceError>>> = None;
         while !shutdown.is_cancelled() {
-            if !self.ctx.wait_for_outbox_room(&self.config.id).await? {
+            if !ctx.wait_for_outbox_room(id).await? {
                 break;
             }
-            let health = &self.ctx.health;
-            let Some((position, fetched)) = self.next_page(&cursor, ahead.take()).await else {
+            let Some((position, fetched)) = self.next_page(track, &cursor, ahead.take(), ctx).await
+            else {
                 break;
             };
             let delay = match fetched {
@@ -151,10 +238,17 @@ impl AsanaSource {
                     let full =
                         page.records.len() >= self.client.page_size() && page.next_offset.is_some();
                     if full {
-                        ahead = self.request_ahead(&position, &page);
+                        ahead = self.request_ahead(&position, &page, ctx);
                     }
+                    // A slice ends at its first page that is not full: its
+                    // end lies `restart_margin` or more in the past, so no
+                    // more events come into it.
+                    let finished = !full && matches!(track, Track::Slice { .. });
                     health.beat("committing a page", COMMIT_BOUND);
-                    match self.store_page(&mut cursor, page, &position).await {
+                    match self
+                        .store_page(track, &mut cursor, page, &position, finished, ctx)
+                        .await
+                    {
                         Ok(()) => {
                             // Never the case: the request ahead was made with
                             // the cursor this commit stored. Should they ever
@@ -164,6 +258,9 @@ impl AsanaSource {
                                 ahead = None;
                             }
                             health.succeeded();
+                            if finished {
+                                return Ok(true);
+                            }
                             if !full {
                                 health.caught_up();
                             }
@@ -188,13 +285,16 @@ impl AsanaSource {
                             continue;
                         }
                     }
-                    if last_prune.elapsed() >= PRUNE_EVERY {
+                    if track == Track::Tail && last_prune.elapsed() >= PRUNE_EVERY {
                         last_prune = tokio::time::Instant::now();
-                        self.ctx.prune(&self.config.id).await;
+                        self.ctx.prune(id).await;
                     }
                     (!full).then_some(self.config.poll_interval)
                 }
-                Err(error) => self.on_error(error, &mut cursor, &mut pacing).await?,
+                Err(error) => {
+                    self.on_error(track, error, &mut cursor, &mut pacing, ctx)
+                        .await?
+                }
             };
             if let Some(delay) = delay {
                 health.beat("waiting for the next poll", delay + BEAT_SLACK);
@@ -206,8 +306,7 @@ impl AsanaSource {
         // A page fetched ahead but not committed is dropped: the stored
         // cursor still points at it.
         drop(ahead);
-        tracing::info!(source = %id, "asana source stopped");
-        Ok(())
+        Ok(false)
     }
 
     /// The next page and the position it was requested with: the answer of
@@ -216,11 +315,13 @@ impl AsanaSource {
     /// dropping the request loses nothing).
     async fn next_page(
         &self,
+        track: Track,
         cursor: &SourceCursor,
         ahead: Option<Ahead<Result<Page, SourceError>>>,
+        ctx: &SourceContext,
     ) -> Option<(Position, Result<Page, SourceError>)> {
-        let shutdown = &self.ctx.shutdown;
-        let health = &self.ctx.health;
+        let shutdown = &ctx.shutdown;
+        let health = &ctx.health;
         if let Some(ahead) = ahead {
             // It took its budget token when it started (or is still waiting
             // for one after a 429 that came meanwhile).
@@ -237,11 +338,16 @@ impl AsanaSource {
             };
             return Some((position, fetched));
         }
-        let position = self.position(cursor);
-        if !self.ctx.wait_for_budget(self.client.budget()).await {
+        let position = self.position(track, cursor);
+        if !ctx.wait_for_budget(self.client.budget()).await {
             return None;
         }
-        health.beat("fetching a page", self.config.request_timeout + BEAT_SLACK);
+        // Parallel slices share the budget: the token this request takes
+        // may still be a refill away.
+        health.beat(
+            "fetching a page",
+            self.config.request_timeout + self.client.budget().delay() + BEAT_SLACK,
+        );
         tokio::select! {
             fetched = self.client.fetch(&position) => Some((position, fetched)),
             () = shutdown.cancelled() => None,
@@ -256,9 +362,10 @@ impl AsanaSource {
         &self,
         sent: &Position,
         page: &Page,
+        ctx: &SourceContext,
     ) -> Option<Ahead<Result<Page, SourceError>>> {
         let offset = page.next_offset.clone()?;
-        if self.ctx.shutdown.is_cancelled() || !self.client.budget().delay().is_zero() {
+        if ctx.shutdown.is_cancelled() || !self.client.budget().delay().is_zero() {
             return None;
         }
         let position = following(sent, offset);
@@ -270,22 +377,37 @@ impl AsanaSource {
         }))
     }
 
-    /// The stored cursor, reconciled with the configuration: a first run
-    /// gets its start point stored at once (so a restart before the first
-    /// event does not move it), and changed filters drop the offset.
-    async fn load_cursor(&self) -> Result<SourceCursor, StateError> {
+    /// The stored cursor, reconciled with the configuration (a first run
+    /// gets its start point stored at once, so a restart before the first
+    /// event does not move it; changed filters drop the offsets), and the
+    /// slices of a backlog to read: those left from before, and a new
+    /// backfill when the tail is more than `backfill_threshold` behind.
+    async fn load_cursor(&self) -> Result<(SourceCursor, Vec<SliceCursor>), StateError> {
         let id = self.config.id.clone();
         let hash = filters_hash(&self.config);
-        let stored = self.ctx.state.call(move |db| db.cursor(&id)).await?;
-        let cursor = match stored {
-            Some(cursor) if cursor.filters_hash == hash => return Ok(cursor),
+        let (stored, mut slices, caught_up_at) = self
+            .ctx
+            .state
+            .call(move |db| {
+                let caught_up = db
+                    .component_health("source", &id)?
+                    .and_then(|h| h.caught_up_at);
+                Ok((db.cursor(&id)?, db.slices(&id)?, caught_up))
+            })
+            .await?;
+        let mut changed = true;
+        let mut cursor = match stored {
+            Some(cursor) if cursor.filters_hash == hash => {
+                changed = false;
+                cursor
+            }
             Some(mut cursor) => {
                 tracing::warn!(
                     source = %self.config.id,
                     "filters or workspace changed since the offset was stored; restarting the stream by time"
                 );
-                cursor.filters_hash = hash;
-                self.restart(&mut cursor);
+                cursor.filters_hash.clone_from(&hash);
+                self.restart(Track::Tail, &mut cursor);
                 cursor
             }
             None => {
@@ -303,15 +425,115 @@ impl AsanaSource {
                 tracing::info!(source = %self.config.id, start_at = %format_time(start.timestamp_millis()), "first run");
                 SourceCursor {
                     position: None,
-                    filters_hash: hash,
+                    filters_hash: hash.clone(),
                     stream_start: Some(start.timestamp_millis()),
                     last_event_time: None,
                     last_event_id: None,
                 }
             }
         };
-        self.save_cursor(&cursor).await?;
-        Ok(cursor)
+        // Slices left by an earlier run under other filters: their offsets
+        // are void, their ranges still to be read.
+        for slice in slices.iter_mut().filter(|s| s.cursor.filters_hash != hash) {
+            slice.cursor.filters_hash.clone_from(&hash);
+            self.restart(
+                Track::Slice {
+                    slice: slice.slice,
+                    end_ms: slice.end_ms,
+                },
+                &mut slice.cursor,
+            );
+            self.save_slice(slice).await?;
+        }
+        let first = slices.last().map_or(0, |s| s.slice + 1);
+        let now_ms = Utc::now().timestamp_millis();
+        if let Some((tail, new)) = self.plan_backfill(&cursor, caught_up_at, now_ms, first) {
+            let id = self.config.id.clone();
+            let (to_store, to_insert) = (tail.clone(), new.clone());
+            self.ctx
+                .state
+                .call(move |db| db.plan_backfill(&id, "asana", &to_store, &to_insert))
+                .await?;
+            cursor = tail;
+            slices.extend(new);
+        } else if changed {
+            self.save_cursor(&cursor).await?;
+        }
+        Ok((cursor, slices))
+    }
+
+    /// A backfill for the tail `cursor`, when what it has left to read
+    /// begins more than `backfill_threshold` ago: slices over [that point,
+    /// now − `restart_margin`), numbered from `first`, and the tail's new
+    /// cursor, a fresh stream from where the last slice ends. `None` when
+    /// parallel slices are off or the backlog is short.
+    fn plan_backfill(
+        &self,
+        cursor: &SourceCursor,
+        caught_up_at: Option<i64>,
+        now_ms: i64,
+        first: u32,
+    ) -> Option<(SourceCursor, Vec<SliceCursor>)> {
+        if self.config.parallel_slices <= 1 {
+            return None;
+        }
+        let margin = millis(self.config.restart_margin);
+        let start = cursor.stream_start?;
+        let from = match cursor.position {
+            // No offset: the stream begins at its start.
+            None => start,
+            // An offset goes on after what was read: the newest stored
+            // event, or the last poll that found the end of the stream
+            // (a quiet workspace), minus the margin for late indexing.
+            Some(_) => [cursor.last_event_time, caught_up_at]
+                .into_iter()
+                .flatten()
+                .max()
+                .map_or(start, |read| read.saturating_sub(margin).max(start)),
+        };
+        let now = DateTime::from_timestamp_millis(now_ms)?;
+        let from = self
+            .clamp_to_retention(DateTime::from_timestamp_millis(from)?, now)
+            .timestamp_millis();
+        if now_ms.saturating_sub(from) <= millis(self.config.backfill_threshold) {
+            return None;
+        }
+        // Events younger than the margin may still be indexed late: the
+        // tail, which never ends, reads them.
+        let split = now_ms.saturating_sub(margin);
+        let count = self.config.parallel_slices.saturating_mul(SLICES_PER_LANE);
+        let bounds = cut(from, split, count, MIN_SLICE_MS);
+        if bounds.len() < 2 {
+            return None;
+        }
+        let slices: Vec<SliceCursor> = bounds
+            .windows(2)
+            .zip(first..)
+            .map(|(range, slice)| SliceCursor {
+                slice,
+                end_ms: range[1],
+                cursor: SourceCursor {
+                    position: None,
+                    filters_hash: cursor.filters_hash.clone(),
+                    stream_start: Some(range[0]),
+                    last_event_time: None,
+                    last_event_id: None,
+                },
+            })
+            .collect();
+        tracing::info!(
+            source = %self.config.id,
+            from = %format_time(from),
+            to = %format_time(split),
+            slices = slices.len(),
+            "backlog is longer than backfill_threshold; reading it in parallel time slices while the live tail goes on"
+        );
+        let tail = SourceCursor {
+            position: None,
+            stream_start: Some(split),
+            ..cursor.clone()
+        };
+        Some((tail, slices))
     }
 
     async fn save_cursor(&self, cursor: &SourceCursor) -> Result<(), StateError> {
@@ -320,6 +542,15 @@ impl AsanaSource {
         self.ctx
             .state
             .call(move |db| db.set_cursor(&id, "asana", &cursor))
+            .await
+    }
+
+    async fn save_slice(&self, slice: &SliceCursor) -> Result<(), StateError> {
+        let id = self.config.id.clone();
+        let slice = slice.clone();
+        self.ctx
+            .state
+            .call(move |db| db.set_slice(&id, &slice))
             .await
     }
 
@@ -341,18 +572,23 @@ impl AsanaSource {
     }
 
     /// Where the next request starts: the current stream's start, with its
-    /// latest offset once it has one.
-    fn position(&self, cursor: &SourceCursor) -> Position {
+    /// latest offset once it has one (and a slice's end).
+    fn position(&self, track: Track, cursor: &SourceCursor) -> Position {
         let now = Utc::now();
         let start_at = cursor
             .stream_start
             .and_then(DateTime::from_timestamp_millis)
             .unwrap_or(now);
+        let end_at = match track {
+            Track::Tail => None,
+            Track::Slice { end_ms, .. } => DateTime::from_timestamp_millis(end_ms),
+        };
         match &cursor.position {
             // The offset is bound to the start it was issued for: send that
             // start unchanged, however old it is now.
             Some(offset) => Position {
                 start_at,
+                end_at,
                 offset: Some(offset.clone()),
             },
             // A start beyond retention (an old `state reset --to`, a first
@@ -360,43 +596,56 @@ impl AsanaSource {
             // clamped start is what gets stored with the page.
             None => Position {
                 start_at: self.clamp_to_retention(start_at, now),
+                end_at,
                 offset: None,
             },
         }
     }
 
     /// Drops the offset and starts a new stream at the newest stored event
-    /// minus the margin (or where the old stream started, if it stored
-    /// nothing); the dedup window drops what is read again.
-    fn restart(&self, cursor: &mut SourceCursor) {
+    /// minus the margin (never before the old stream's start: everything
+    /// before it was read already, or never wanted); the dedup window drops
+    /// what is read again.
+    fn restart(&self, track: Track, cursor: &mut SourceCursor) {
         self.ctx.metrics.cursor_restarts.inc();
-        let margin = i64::try_from(self.config.restart_margin.as_millis()).unwrap_or(i64::MAX);
-        let start = match cursor.last_event_time {
-            Some(last) => Some(last.saturating_sub(margin)),
-            None => cursor.stream_start,
+        let margin = millis(self.config.restart_margin);
+        let start = match (cursor.last_event_time, cursor.stream_start) {
+            (Some(last), Some(start)) => Some(last.saturating_sub(margin).max(start)),
+            (Some(last), None) => Some(last.saturating_sub(margin)),
+            (None, start) => start,
         };
         let now = Utc::now();
         let start = start
             .and_then(DateTime::from_timestamp_millis)
             .map(|at| self.clamp_to_retention(at, now));
         cursor.position = None;
-        cursor.stream_start = Some(start.unwrap_or(now).timestamp_millis());
+        let start = start.unwrap_or(now).timestamp_millis();
+        cursor.stream_start = Some(match track {
+            Track::Tail => start,
+            // A slice restarted past its end has nothing left but its last
+            // (empty) page to ask for.
+            Track::Slice { end_ms, .. } => start.min(end_ms),
+        });
     }
 
-    /// Turns a page into outbox entries and commits them with the new cursor.
+    /// Turns a page into outbox entries and commits them with the new
+    /// cursor (a slice's `finished` page deletes the slice instead).
     async fn store_page(
         &self,
+        track: Track,
         cursor: &mut SourceCursor,
         page: Page,
         sent: &Position,
+        finished: bool,
+        ctx: &SourceContext,
     ) -> Result<(), StateError> {
         let observed_at = format_time(Utc::now().timestamp_millis());
         let origin = Origin {
             source_id: &self.config.id,
             workspace_gid: &self.config.workspace_gid,
         };
-        let users = self.resolve_users(&page).await;
-        self.ctx.health.beat("committing a page", COMMIT_BOUND);
+        let users = self.resolve_users(&page, ctx).await;
+        ctx.health.beat("committing a page", COMMIT_BOUND);
         let mut events: Vec<NewEvent> = Vec::with_capacity(page.records.len());
         let mut quarantined = Vec::new();
         for (index, raw) in page.records.iter().enumerate() {
@@ -424,21 +673,29 @@ impl AsanaSource {
                 next.last_event_id = Some(newest.event_id.clone());
             }
         }
-        self.ctx
-            .commit_page(
-                &self.config.id,
-                "asana",
-                (events, quarantined),
-                next.clone(),
-            )
-            .await?;
+        let page = (events, quarantined);
+        match track {
+            Track::Tail => {
+                ctx.commit_page(&self.config.id, "asana", page, next.clone())
+                    .await?;
+            }
+            Track::Slice { slice, end_ms } => {
+                let slice = SliceCursor {
+                    slice,
+                    end_ms,
+                    cursor: next.clone(),
+                };
+                ctx.commit_slice_page(&self.config.id, page, slice, finished)
+                    .await?;
+            }
+        }
         *cursor = next;
         Ok(())
     }
 
     /// Resolves the users a page names, within the enricher's bound;
     /// `None` when enrichment is off.
-    async fn resolve_users(&self, page: &Page) -> Option<event::Users> {
+    async fn resolve_users(&self, page: &Page, ctx: &SourceContext) -> Option<event::Users> {
         let enricher = self.enricher.as_ref()?;
         let named: Vec<String> = page
             .records
@@ -449,8 +706,7 @@ impl AsanaSource {
             return Some(event::Users::new());
         }
         let ids: Vec<&str> = named.iter().map(String::as_str).collect();
-        self.ctx
-            .health
+        ctx.health
             .beat("enriching a page", enricher.config().bound + BEAT_SLACK);
         Some(enricher.resolve(&ids).await)
     }
@@ -458,19 +714,22 @@ impl AsanaSource {
     /// Decides what an API error means for the cursor and how long to wait.
     async fn on_error(
         &self,
+        track: Track,
         error: SourceError,
         cursor: &mut SourceCursor,
         pacing: &mut Pacing,
+        ctx: &SourceContext,
     ) -> Result<Option<Duration>, StateError> {
         let id = &self.config.id;
         let backoff = &mut pacing.backoff;
         let metrics = &self.ctx.metrics;
         let n = metrics.error(error.class());
-        self.ctx.health.failed(&error.to_string());
+        ctx.health.failed(&error.to_string());
         Ok(Some(match error {
             SourceError::RateLimited { retry_after } => {
                 let wait = rate_limit_wait(retry_after, backoff.next_delay());
-                // User lookups wait too: Asana counts every request.
+                // User lookups and the other slices wait too: Asana counts
+                // every request.
                 self.client.budget().penalize(wait);
                 metrics.rate_limit_waits.inc();
                 metrics.rate_limit_wait_seconds.inc_by(wait.as_secs_f64());
@@ -484,8 +743,18 @@ impl AsanaSource {
             }
             SourceError::CursorExpired { status, message } => {
                 tracing::warn!(source = %id, status, error = %message, "asana rejected the stored offset; restarting from the newest stored event minus the margin");
-                self.restart(cursor);
-                self.save_cursor(cursor).await?;
+                self.restart(track, cursor);
+                match track {
+                    Track::Tail => self.save_cursor(cursor).await?,
+                    Track::Slice { slice, end_ms } => {
+                        self.save_slice(&SliceCursor {
+                            slice,
+                            end_ms,
+                            cursor: cursor.clone(),
+                        })
+                        .await?;
+                    }
+                }
                 // The first rejection restarts at once. If the fresh stream's
                 // offsets are rejected too, something else is wrong: back
                 // off instead of spinning through the rate limit.
@@ -522,6 +791,45 @@ impl AsanaSource {
     }
 }
 
+/// Which stream a loop follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Track {
+    /// The source's own cursor: the live stream, followed forever.
+    Tail,
+    /// A slice of a backlog, read up to `end_ms` (exclusive), then deleted.
+    Slice { slice: u32, end_ms: i64 },
+}
+
+/// Slices planned per slice read at once: a backlog is rarely spread
+/// evenly, and a lane that finishes early takes the next slice.
+const SLICES_PER_LANE: u32 = 4;
+
+/// No slice is shorter than a minute.
+const MIN_SLICE_MS: i64 = 60_000;
+
+/// A duration in whole milliseconds, saturating.
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Boundaries cutting [from, to) into at most `count` slices of equal
+/// length, none shorter than `min_len` (fewer slices when the range is
+/// short): `from`, …, `to`. Empty when the range is empty.
+fn cut(from: i64, to: i64, count: u32, min_len: i64) -> Vec<i64> {
+    if to <= from {
+        return Vec::new();
+    }
+    let span = to - from;
+    let count = i64::from(count.max(1)).min((span / min_len.max(1)).max(1));
+    (0..=count)
+        .map(|i| {
+            // In i128: span × i overflows i64 for spans near its range.
+            let offset = i128::from(span) * i128::from(i) / i128::from(count);
+            from + i64::try_from(offset).unwrap_or(span)
+        })
+        .collect()
+}
+
 /// The request after a page sent at `sent` whose `next_page.offset` is
 /// `offset`: what [`AsanaSource::position`] makes of the cursor that page
 /// commits (the start it stores is whole milliseconds).
@@ -529,6 +837,7 @@ fn following(sent: &Position, offset: String) -> Position {
     let millis = sent.start_at.timestamp_millis();
     Position {
         start_at: DateTime::from_timestamp_millis(millis).unwrap_or(sent.start_at),
+        end_at: sent.end_at,
         offset: Some(offset),
     }
 }
@@ -603,6 +912,16 @@ mod tests {
     const WORKSPACE: &str = "1200000000000000";
 
     fn source(base_url: &str, token: &str, state: &SharedState) -> AsanaSource {
+        sliced_source(base_url, token, state, 1)
+    }
+
+    /// A source reading a backlog in `parallel_slices`.
+    fn sliced_source(
+        base_url: &str,
+        token: &str,
+        state: &SharedState,
+        parallel_slices: u32,
+    ) -> AsanaSource {
         let config = AsanaConfig {
             id: "asana_main".into(),
             base_url: base_url.into(),
@@ -614,6 +933,8 @@ mod tests {
             poll_interval: Duration::from_millis(50),
             request_timeout: Duration::from_secs(10),
             restart_margin: Duration::from_secs(60),
+            parallel_slices,
+            backfill_threshold: Duration::from_secs(3600),
             retry: BackoffPolicy::default(),
             slow_retry_interval: Duration::from_secs(1),
             requests_per_minute: 100_000,
@@ -642,14 +963,23 @@ mod tests {
 
     /// Runs `source` until the outbox holds `until` events, then stops it.
     async fn run_until(source: Arc<AsanaSource>, state: &SharedState, until: i64) {
+        run_while(source, state, until, false).await;
+    }
+
+    /// Runs `source` until the outbox holds `until` events and, if
+    /// `backfill`, no slice is left; then stops it.
+    async fn run_while(source: Arc<AsanaSource>, state: &SharedState, until: i64, backfill: bool) {
         let task = tokio::spawn({
             let source = Arc::clone(&source);
             async move { source.run().await }
         });
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
-            let depth = state.call(|db| db.outbox_depth()).await.unwrap();
-            if depth >= until {
+            let (depth, slices) = state
+                .call(|db| Ok((db.outbox_depth()?, db.slices("asana_main")?.len())))
+                .await
+                .unwrap();
+            if depth >= until && (!backfill || slices == 0) {
                 break;
             }
             assert!(
@@ -669,6 +999,7 @@ mod tests {
         let start_at = DateTime::from_timestamp(1_767_000_000, 123_456_789).unwrap();
         let sent = Position {
             start_at,
+            end_at: None,
             offset: Some("first".into()),
         };
         let next = following(&sent, "second".into());
@@ -686,7 +1017,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = SharedState::open(&dir.path().join("state.db")).unwrap();
         let source = source("http://127.0.0.1:9/api/1.0", "t0ken", &state);
-        assert_eq!(source.position(&cursor), next);
+        assert_eq!(source.position(Track::Tail, &cursor), next);
         for other in [
             SourceCursor {
                 position: Some("first".into()),
@@ -709,6 +1040,7 @@ mod tests {
     async fn a_request_ahead_answers_aborts_when_dropped_and_passes_panics_on() {
         let position = Position {
             start_at: Utc::now(),
+            end_at: None,
             offset: Some("o".into()),
         };
         let ahead = Ahead::start(position.clone(), async { 7 });
@@ -811,5 +1143,263 @@ mod tests {
         assert_eq!(ids, sim.visible_gids(WORKSPACE));
         stop.cancel();
         server.await.unwrap().unwrap();
+    }
+
+    #[test]
+    fn a_range_is_cut_into_equal_slices_none_shorter_than_the_minimum() {
+        assert_eq!(cut(0, 400, 4, 10), vec![0, 100, 200, 300, 400]);
+        // Uneven: the boundaries round down, the last slice ends at `to`.
+        assert_eq!(cut(0, 10, 3, 1), vec![0, 3, 6, 10]);
+        // Too short for 4 slices of at least 30.
+        assert_eq!(cut(1_000, 1_100, 4, 30), vec![1_000, 1_033, 1_066, 1_100]);
+        assert_eq!(cut(0, 50, 8, 60), vec![0, 50]);
+        assert!(cut(5, 5, 4, 1).is_empty());
+        assert!(cut(6, 5, 4, 1).is_empty());
+        // Near the ends of i64 nothing overflows.
+        let bounds = cut(i64::MIN / 2, i64::MAX / 2, 7, 1);
+        assert_eq!(bounds.len(), 8);
+        assert_eq!((bounds[0], bounds[7]), (i64::MIN / 2, i64::MAX / 2));
+        assert!(bounds.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[tokio::test]
+    async fn a_backfill_is_planned_for_a_first_run_or_an_outage_longer_than_the_threshold() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = SharedState::open(&dir.path().join("state.db")).unwrap();
+        let base = "http://127.0.0.1:9/api/1.0";
+        let source = sliced_source(base, "t0ken", &state, 4);
+        let now = Utc::now().timestamp_millis();
+        let hour = 3_600_000;
+        let margin = 60_000;
+        let fresh = SourceCursor {
+            position: None,
+            filters_hash: "h".into(),
+            stream_start: Some(now - 5 * hour),
+            last_event_time: None,
+            last_event_id: None,
+        };
+
+        // No offset (a first run): everything from the stream's start.
+        let (tail, slices) = source.plan_backfill(&fresh, None, now, 0).unwrap();
+        assert_eq!(slices.len(), 16);
+        assert_eq!(slices[0].cursor.stream_start, Some(now - 5 * hour));
+        assert_eq!(slices[15].end_ms, now - margin);
+        for pair in slices.windows(2) {
+            assert_eq!(Some(pair[0].end_ms), pair[1].cursor.stream_start);
+            assert_eq!(pair[0].slice + 1, pair[1].slice);
+        }
+        assert!(slices.iter().all(|s| s.cursor.position.is_none()));
+        // The tail goes on where the last slice ends, as a new stream.
+        assert_eq!(tail.stream_start, Some(now - margin));
+        assert_eq!(tail.position, None);
+
+        // An offset whose stream read up to 3 hours ago: from there, minus
+        // the margin; numbered after the slices still pending.
+        let behind = SourceCursor {
+            position: Some("offset".into()),
+            last_event_time: Some(now - 4 * hour),
+            last_event_id: Some("1".into()),
+            ..fresh.clone()
+        };
+        let (tail, slices) = source
+            .plan_backfill(&behind, Some(now - 3 * hour), now, 7)
+            .unwrap();
+        assert_eq!(slices[0].cursor.stream_start, Some(now - 3 * hour - margin));
+        assert_eq!(slices[0].slice, 7);
+        // The newest stored event stays: it is what the lag is measured by.
+        assert_eq!(tail.last_event_time, Some(now - 4 * hour));
+
+        // Caught up 30 minutes ago (a quiet workspace whose newest event is
+        // old): shorter than the threshold, no backfill.
+        assert!(source
+            .plan_backfill(&behind, Some(now - hour / 2), now, 0)
+            .is_none());
+        // A first run with a short lookback: none either.
+        let recent = SourceCursor {
+            stream_start: Some(now - hour / 2),
+            ..fresh.clone()
+        };
+        assert!(source.plan_backfill(&recent, None, now, 0).is_none());
+        // parallel_slices = 1: a backlog is walked as one stream.
+        let serial = sliced_source(base, "t0ken", &state, 1);
+        assert!(serial.plan_backfill(&fresh, None, now, 0).is_none());
+    }
+
+    #[tokio::test]
+    async fn slices_left_under_other_filters_restart_by_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = SharedState::open(&dir.path().join("state.db")).unwrap();
+        let source = sliced_source("http://127.0.0.1:9/api/1.0", "t0ken", &state, 4);
+        let now = Utc::now().timestamp_millis();
+        let hash = filters_hash(&source.config);
+        let tail = SourceCursor {
+            position: Some("tail-offset".into()),
+            filters_hash: hash.clone(),
+            stream_start: Some(now - 120_000),
+            last_event_time: Some(now - 90_000),
+            last_event_id: Some("9".into()),
+        };
+        let old = SliceCursor {
+            slice: 3,
+            end_ms: now - 200_000,
+            cursor: SourceCursor {
+                position: Some("slice-offset".into()),
+                filters_hash: "other filters".into(),
+                stream_start: Some(now - 900_000),
+                last_event_time: Some(now - 500_000),
+                last_event_id: Some("5".into()),
+            },
+        };
+        state
+            .call({
+                let (tail, old) = (tail.clone(), old.clone());
+                move |db| db.plan_backfill("asana_main", "asana", &tail, &[old])
+            })
+            .await
+            .unwrap();
+        // Caught up just now: no new backfill is planned.
+        source.ctx.health.caught_up();
+        let record = source.ctx.health.record();
+        state
+            .call(move |db| db.record_health(&[record]))
+            .await
+            .unwrap();
+
+        let (cursor, slices) = source.load_cursor().await.unwrap();
+        assert_eq!(cursor, tail);
+        assert_eq!(slices.len(), 1);
+        let slice = &slices[0];
+        assert_eq!((slice.slice, slice.end_ms), (3, old.end_ms));
+        assert_eq!(slice.cursor.position, None);
+        assert_eq!(slice.cursor.filters_hash, hash);
+        // From its newest event minus the margin.
+        assert_eq!(slice.cursor.stream_start, Some(now - 500_000 - 60_000));
+        let stored = state.call(|db| db.slices("asana_main")).await.unwrap();
+        assert_eq!(&stored, &slices);
+    }
+
+    /// A simulator on loopback with `backlog` events over the last two
+    /// hours and `live` more arriving at 50 per second after it.
+    async fn simulator(
+        backlog: u64,
+        live: u64,
+        latency: Duration,
+    ) -> (Arc<Simulator>, String, tokio_util::sync::CancellationToken) {
+        let sim = Simulator::new(SimConfig {
+            backlog,
+            backlog_span: Duration::from_secs(7000),
+            rate: 50.0,
+            max_live: Some(live),
+            faults: Faults {
+                latency,
+                ..Faults::default()
+            },
+            ..SimConfig::default()
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(Arc::clone(&sim).serve(listener, stop.clone().cancelled_owned()));
+        (sim, format!("http://{addr}"), stop)
+    }
+
+    async fn sim_stats(root: &str) -> serde_json::Value {
+        reqwest::get(format!("{root}/_sim/stats"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Every event id in the outbox, sorted.
+    async fn stored_ids(state: &SharedState) -> Vec<String> {
+        let mut ids: Vec<String> = state
+            .call(|db| db.read_outbox(0, usize::MAX))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|record| record.event_id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_backlog_is_read_in_parallel_slices_beside_the_live_tail() {
+        const BACKLOG: u64 = 3_000;
+        const LIVE: u64 = 100;
+        let (sim, root, stop) = simulator(BACKLOG, LIVE, Duration::from_millis(20)).await;
+        let dir = tempfile::tempdir().unwrap();
+        let state = SharedState::open(&dir.path().join("state.db")).unwrap();
+        let source = Arc::new(sliced_source(
+            &format!("{root}/api/1.0"),
+            "sim-token",
+            &state,
+            4,
+        ));
+        run_while(Arc::clone(&source), &state, (BACKLOG + LIVE) as i64, true).await;
+
+        let mut expected = sim.visible_gids(WORKSPACE);
+        expected.sort();
+        assert_eq!(expected.len() as u64, BACKLOG + LIVE);
+        // Each once: slices and the tail do not overlap.
+        assert_eq!(stored_ids(&state).await, expected);
+        assert_eq!(source.ctx.metrics.duplicates.get(), 0);
+        let stats = sim_stats(&root).await;
+        assert!(
+            stats["peak_in_flight"].as_u64().unwrap() > 1,
+            "slices were not read in parallel: {stats}"
+        );
+        assert_eq!(stats["by_status"].get("429"), None, "{stats}");
+        // Every slice was read to its end and deleted with its last page.
+        assert!(state
+            .call(|db| db.slices("asana_main"))
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(source.ctx.metrics.backfill_slices.get(), 0);
+        // The tail follows on from where the slices end.
+        let cursor = state
+            .call(|db| db.cursor("asana_main"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(cursor.position.is_some());
+        stop.cancel();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_backfill_stopped_midway_resumes_each_slice_where_it_stopped() {
+        const BACKLOG: u64 = 4_000;
+        let (sim, root, stop) = simulator(BACKLOG, 0, Duration::from_millis(15)).await;
+        let dir = tempfile::tempdir().unwrap();
+        let state = SharedState::open(&dir.path().join("state.db")).unwrap();
+        let base = format!("{root}/api/1.0");
+
+        let first = Arc::new(sliced_source(&base, "sim-token", &state, 4));
+        run_until(Arc::clone(&first), &state, 1_200).await;
+        let pending = state.call(|db| db.slices("asana_main")).await.unwrap();
+        assert!(!pending.is_empty(), "the backfill finished before the stop");
+        assert!(
+            pending.iter().any(|s| s.cursor.position.is_some()),
+            "no slice was stopped midway: {pending:?}"
+        );
+        let stored = state.call(|db| db.outbox_depth()).await.unwrap() as u64;
+
+        let second = Arc::new(sliced_source(&base, "sim-token", &state, 4));
+        run_while(Arc::clone(&second), &state, BACKLOG as i64, true).await;
+        // Each slice went on from its stored offset: nothing read twice.
+        assert_eq!(second.ctx.metrics.received.get(), BACKLOG - stored);
+        assert_eq!(second.ctx.metrics.duplicates.get(), 0);
+        let mut expected = sim.visible_gids(WORKSPACE);
+        expected.sort();
+        assert_eq!(stored_ids(&state).await, expected);
+        assert!(state
+            .call(|db| db.slices("asana_main"))
+            .await
+            .unwrap()
+            .is_empty());
+        stop.cancel();
     }
 }

@@ -168,6 +168,8 @@ mod tests {
             poll_interval: Duration::from_secs(1),
             request_timeout: Duration::from_secs(5),
             restart_margin: Duration::from_secs(60),
+            parallel_slices: 1,
+            backfill_threshold: Duration::from_secs(3600),
             retry: BackoffPolicy::default(),
             slow_retry_interval: Duration::from_secs(1),
             requests_per_minute: ASANA_REQUESTS_PER_MINUTE,

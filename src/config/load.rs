@@ -11,7 +11,7 @@ use super::raw;
 use super::{
     AnaplanConfig, AnaplanCredentials, AsanaConfig, AsanaFilters, Config, EnrichConfig,
     FileSinkConfig, HttpConfig, LogConfig, LogFormat, SinkConfig, SinkKind, SourceConfig, StartAt,
-    StateConfig, ASANA_REQUESTS_PER_MINUTE,
+    StateConfig, ASANA_REQUESTS_PER_MINUTE, DEFAULT_PARALLEL_SLICES, MAX_PARALLEL_SLICES,
 };
 use crate::retry::BackoffPolicy;
 use crate::secret::Secret;
@@ -758,6 +758,15 @@ impl Loader {
         if requests_per_minute == 0 {
             self.problem(format!("{key}.requests_per_minute"), "must be at least 1");
         }
+        let parallel_slices = raw.parallel_slices.unwrap_or(DEFAULT_PARALLEL_SLICES);
+        if !(1..=MAX_PARALLEL_SLICES).contains(&parallel_slices) {
+            self.problem(
+                format!("{key}.parallel_slices"),
+                format!("{parallel_slices} is outside 1..={MAX_PARALLEL_SLICES}"),
+            );
+        }
+        let backfill_threshold =
+            self.positive(key, "backfill_threshold", raw.backfill_threshold, 3600);
         let enrich = self.enrich(key, raw.enrich);
         Some(AsanaConfig {
             id: id.to_string(),
@@ -770,6 +779,8 @@ impl Loader {
             poll_interval,
             request_timeout,
             restart_margin: raw.restart_margin.unwrap_or(Duration::from_secs(300)),
+            parallel_slices,
+            backfill_threshold,
             retry,
             slow_retry_interval,
             requests_per_minute,

@@ -147,6 +147,12 @@ pub struct AsanaConfig {
     pub request_timeout: Duration,
     /// How far before the last stored event a time-based restart begins.
     pub restart_margin: Duration,
+    /// Time slices of a backlog read at once (1: a backlog is walked as one
+    /// stream).
+    pub parallel_slices: u32,
+    /// A backlog older than this at start (first run, or after an outage)
+    /// is read in parallel time slices.
+    pub backfill_threshold: Duration,
     /// Backoff for transient failures.
     pub retry: BackoffPolicy,
     /// Pace of retries after failures only an operator can fix (401/403,
@@ -212,6 +218,16 @@ pub enum AnaplanCredentials {
 /// Asana's documented limit for paid plans (the Audit Log API needs
 /// Enterprise+): 1,500 requests per minute per token.
 pub const ASANA_REQUESTS_PER_MINUTE: u32 = 1500;
+
+/// Time slices of an Asana backlog read at once by default: at Asana's
+/// 1,500 requests per minute and a few hundred milliseconds per request,
+/// about ten requests must be in flight to use the limit; sixteen leave
+/// room for slower answers and commits.
+pub const DEFAULT_PARALLEL_SLICES: u32 = 16;
+
+/// The most slices read at once (Asana allows 50 concurrent requests per
+/// token, and user lookups need some).
+pub const MAX_PARALLEL_SLICES: u32 = 32;
 
 /// Asana's optional query filters. The stream's offset is bound to them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

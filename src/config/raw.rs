@@ -113,6 +113,9 @@ pub(super) struct Asana {
     pub(super) request_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub(super) restart_margin: Option<Duration>,
+    pub(super) parallel_slices: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) backfill_threshold: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub(super) retry_initial: Option<Duration>,
     #[serde(default, with = "humantime_serde")]

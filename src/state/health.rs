@@ -56,6 +56,8 @@ pub struct Observation {
     pub outbox_events: i64,
     /// The database plus its write-ahead log, in bytes.
     pub file_bytes: u64,
+    /// Backfills under way, by source id.
+    pub backfills: Vec<(String, super::BackfillProgress)>,
 }
 
 impl StateDb {
@@ -201,6 +203,7 @@ impl StateDb {
             health: self.health()?,
             outbox_events: self.outbox_depth()?,
             file_bytes,
+            backfills: self.backfills()?,
         })
     }
 }

@@ -34,6 +34,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "0004_user_cache.sql",
         sql: include_str!("../../migrations/0004_user_cache.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_backfill.sql",
+        sql: include_str!("../../migrations/0005_backfill.sql"),
+    },
 ];
 
 /// The schema version this binary writes.

@@ -312,6 +312,11 @@ impl StateDb {
             "DELETE FROM source_cursor WHERE source_id = ?1",
             [source_id],
         )? > 0;
+        // A backfill under way belonged to the old start.
+        tx.execute(
+            "DELETE FROM backfill_slice WHERE source_id = ?1",
+            [source_id],
+        )?;
         // What was read through no longer counts: the source reads again
         // from its new start, and its cursor age must say so.
         tx.execute(
@@ -342,59 +347,10 @@ impl StateDb {
         quarantined: &[Quarantined],
         cursor: &SourceCursor,
     ) -> Result<PageOutcome, StateError> {
-        let now = unix_ms_now();
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut outcome = PageOutcome::default();
-        {
-            let mut seen = tx.prepare_cached(
-                "INSERT OR IGNORE INTO seen (source_id, event_id, event_time, seen_at)
-                 VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            let mut outbox = tx.prepare_cached(
-                "INSERT INTO outbox (source_id, event_id, event_time, enqueued_at, payload, cum_bytes)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?;
-            // Running payload total, so a sink's backlog in bytes is two
-            // lookups instead of a scan (see `observe`).
-            let mut cum_bytes: i64 = tx
-                .query_row(
-                    "SELECT cum_bytes FROM outbox ORDER BY seq DESC LIMIT 1",
-                    [],
-                    |row| row.get(0),
-                )
-                .optional()?
-                .unwrap_or(0);
-            for event in events {
-                let fresh =
-                    seen.execute(params![source_id, event.event_id, event.event_time, now])? == 1;
-                if fresh {
-                    cum_bytes += i64::try_from(event.payload.len()).unwrap_or(i64::MAX);
-                    outbox.execute(params![
-                        source_id,
-                        event.event_id,
-                        event.event_time,
-                        now,
-                        event.payload,
-                        cum_bytes
-                    ])?;
-                    outcome.stored += 1;
-                } else {
-                    outcome.duplicates += 1;
-                }
-            }
-            let mut quarantine = tx.prepare_cached(
-                "INSERT OR IGNORE INTO quarantine (source_id, reason, raw, raw_hash, received_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            for record in quarantined {
-                let hash = hex_sha256(record.raw.as_bytes());
-                outcome.quarantined +=
-                    quarantine.execute(params![source_id, record.reason, record.raw, hash, now])?
-                        as u64;
-            }
-        }
+        let outcome = store_page(&tx, source_id, events, quarantined)?;
         upsert_cursor(&tx, source_id, kind, cursor)?;
         tx.commit()?;
         Ok(outcome)
@@ -744,7 +700,69 @@ impl StateDb {
     }
 }
 
-fn upsert_cursor(
+/// The events part of a page commit, inside the caller's transaction: the
+/// events not in the dedup window enter the outbox, bad records go to
+/// quarantine.
+pub(super) fn store_page(
+    tx: &rusqlite::Transaction<'_>,
+    source_id: &str,
+    events: &[NewEvent],
+    quarantined: &[Quarantined],
+) -> Result<PageOutcome, StateError> {
+    let now = unix_ms_now();
+    let mut outcome = PageOutcome::default();
+    {
+        let mut seen = tx.prepare_cached(
+            "INSERT OR IGNORE INTO seen (source_id, event_id, event_time, seen_at)
+             VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        let mut outbox = tx.prepare_cached(
+            "INSERT INTO outbox (source_id, event_id, event_time, enqueued_at, payload, cum_bytes)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        // Running payload total, so a sink's backlog in bytes is two
+        // lookups instead of a scan (see `observe`).
+        let mut cum_bytes: i64 = tx
+            .query_row(
+                "SELECT cum_bytes FROM outbox ORDER BY seq DESC LIMIT 1",
+                [],
+                |row| row.get(0),
+            )
+            .optional()?
+            .unwrap_or(0);
+        for event in events {
+            let fresh =
+                seen.execute(params![source_id, event.event_id, event.event_time, now])? == 1;
+            if fresh {
+                cum_bytes += i64::try_from(event.payload.len()).unwrap_or(i64::MAX);
+                outbox.execute(params![
+                    source_id,
+                    event.event_id,
+                    event.event_time,
+                    now,
+                    event.payload,
+                    cum_bytes
+                ])?;
+                outcome.stored += 1;
+            } else {
+                outcome.duplicates += 1;
+            }
+        }
+        let mut quarantine = tx.prepare_cached(
+            "INSERT OR IGNORE INTO quarantine (source_id, reason, raw, raw_hash, received_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        for record in quarantined {
+            let hash = hex_sha256(record.raw.as_bytes());
+            outcome.quarantined +=
+                quarantine.execute(params![source_id, record.reason, record.raw, hash, now])?
+                    as u64;
+        }
+    }
+    Ok(outcome)
+}
+
+pub(super) fn upsert_cursor(
     tx: &rusqlite::Transaction<'_>,
     source_id: &str,
     kind: &str,
@@ -884,9 +902,11 @@ fn hex_sha256(bytes: &[u8]) -> String {
         .collect()
 }
 
+mod backfill;
 mod health;
 mod users;
 
+pub use backfill::{BackfillProgress, SliceCursor};
 pub use health::{ComponentRecord, Observation, SinkBacklog, StateProbe};
 pub use users::{CachedUser, CachedUserStatus};
 

@@ -432,3 +432,112 @@ fn a_reset_forgets_what_the_source_read_through() {
     assert_eq!(stored.caught_up_at, None);
     assert_eq!(stored.last_success_at, Some(1_000));
 }
+
+fn slice(n: u32, start: i64, end: i64) -> SliceCursor {
+    SliceCursor {
+        slice: n,
+        end_ms: end,
+        cursor: SourceCursor {
+            position: None,
+            filters_hash: "h".into(),
+            stream_start: Some(start),
+            last_event_time: None,
+            last_event_id: None,
+        },
+    }
+}
+
+#[test]
+fn a_backfill_plan_and_its_slices_commit_atomically_and_leave_nothing_behind() {
+    let (_dir, mut db) = open_tmp();
+    let tail = SourceCursor {
+        position: None,
+        stream_start: Some(1_000),
+        ..cursor("ignored", 900)
+    };
+    db.plan_backfill(
+        "s",
+        "asana",
+        &tail,
+        &[slice(0, 0, 500), slice(1, 500, 1_000)],
+    )
+    .unwrap();
+    assert_eq!(db.cursor("s").unwrap().unwrap(), tail);
+    assert_eq!(db.slices("s").unwrap().len(), 2);
+    assert_eq!(
+        db.backfill("s").unwrap(),
+        Some(BackfillProgress {
+            pending: 2,
+            read_through_ms: 0
+        })
+    );
+
+    // A page of slice 0: its events and its cursor, together.
+    let mut first = slice(0, 0, 500);
+    first.cursor.position = Some("o1".into());
+    first.cursor.last_event_time = Some(200);
+    let outcome = db
+        .commit_slice_page("s", &[event("a", 100), event("b", 200)], &[], &first, false)
+        .unwrap();
+    assert_eq!(outcome.stored, 2);
+    assert_eq!(db.slices("s").unwrap()[0], first);
+    // Read through: the slowest slice (slice 1 has read nothing yet).
+    assert_eq!(db.backfill("s").unwrap().unwrap().read_through_ms, 200);
+
+    // A commit that fails (here: the quarantine table is missing) moves
+    // nothing.
+    db.conn
+        .execute_batch("ALTER TABLE quarantine RENAME TO quarantine_gone")
+        .unwrap();
+    let mut moved = first.clone();
+    moved.cursor.position = Some("o2".into());
+    let bad = Quarantined {
+        reason: "r".into(),
+        raw: "x".into(),
+    };
+    assert!(db
+        .commit_slice_page("s", &[event("c", 300)], &[bad], &moved, false)
+        .is_err());
+    assert_eq!(db.slices("s").unwrap()[0], first);
+    assert_eq!(db.outbox_depth().unwrap(), 2);
+    db.conn
+        .execute_batch("ALTER TABLE quarantine_gone RENAME TO quarantine")
+        .unwrap();
+
+    // The last page deletes the slice; a repeat of an event is dropped.
+    let outcome = db
+        .commit_slice_page("s", &[event("b", 200), event("c", 300)], &[], &first, true)
+        .unwrap();
+    assert_eq!((outcome.stored, outcome.duplicates), (1, 1));
+    let left = db.slices("s").unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].slice, 1);
+    assert_eq!(
+        db.backfills().unwrap(),
+        vec![(
+            "s".to_string(),
+            BackfillProgress {
+                pending: 1,
+                read_through_ms: 500
+            }
+        )]
+    );
+    db.commit_slice_page("s", &[], &[], &slice(1, 500, 1_000), true)
+        .unwrap();
+    assert!(db.slices("s").unwrap().is_empty());
+    assert_eq!(db.backfill("s").unwrap(), None);
+    assert!(db.backfills().unwrap().is_empty());
+}
+
+#[test]
+fn a_reset_drops_the_backfill_with_the_cursor() {
+    let (_dir, mut db) = open_tmp();
+    db.plan_backfill("s", "asana", &cursor("p", 1), &[slice(0, 0, 10)])
+        .unwrap();
+    db.plan_backfill("other", "asana", &cursor("p", 1), &[slice(0, 0, 10)])
+        .unwrap();
+    assert!(db.delete_cursor("s").unwrap());
+    assert!(db.slices("s").unwrap().is_empty());
+    assert_eq!(db.slices("other").unwrap().len(), 1);
+    assert_eq!(db.delete_slices("other").unwrap(), 1);
+}

@@ -569,3 +569,49 @@ fn a_credential_is_read_from_the_credentials_directory() {
         "{found:?}"
     );
 }
+
+#[test]
+fn parallel_slices_are_on_by_default_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = load_with_env(&write(&dir, MINIMAL), env(&[])).unwrap();
+    let SourceConfig::Asana(asana) = &config.sources[0] else {
+        panic!("not asana")
+    };
+    assert_eq!(
+        asana.parallel_slices,
+        crate::config::DEFAULT_PARALLEL_SLICES
+    );
+    assert_eq!(asana.backfill_threshold, Duration::from_secs(3600));
+    let vars = env(&[
+        ("AUDITRELAY__SOURCES__MAIN__PARALLEL_SLICES", "1"),
+        ("AUDITRELAY__SOURCES__MAIN__BACKFILL_THRESHOLD", "6h"),
+    ]);
+    let config = load_with_env(&write(&dir, MINIMAL), vars).unwrap();
+    let SourceConfig::Asana(asana) = &config.sources[0] else {
+        panic!("not asana")
+    };
+    assert_eq!(asana.parallel_slices, 1);
+    assert_eq!(asana.backfill_threshold, Duration::from_secs(6 * 3600));
+
+    let text = MINIMAL.replace(
+        "token = \"inline-token\"",
+        "token = \"inline-token\"\nparallel_slices = 0\nbackfill_threshold = \"0s\"",
+    );
+    let found = problems(&text, &[]);
+    for needle in [
+        "sources.main.parallel_slices: 0 is outside 1..=32",
+        "sources.main.backfill_threshold: must be longer than zero",
+    ] {
+        assert!(
+            found.iter().any(|p| p.starts_with(needle)),
+            "{needle:?} not in {found:?}"
+        );
+    }
+    let text = MINIMAL.replace(
+        "token = \"inline-token\"",
+        "token = \"inline-token\"\nparallel_slices = 33",
+    );
+    assert!(problems(&text, &[])
+        .iter()
+        .any(|p| p.starts_with("sources.main.parallel_slices: 33 is outside")));
+}

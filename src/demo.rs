@@ -107,7 +107,9 @@ pub fn config(args: &DemoArgs, base_url: String, anaplan_url: String) -> Config 
                 request_timeout: Duration::from_secs(10),
                 restart_margin: Duration::from_secs(300),
                 parallel_slices: crate::config::DEFAULT_PARALLEL_SLICES,
-                backfill_threshold: Duration::from_secs(3600),
+                // The demo's backlog is a few pages: read as one stream,
+                // in order, rather than in time slices.
+                backfill_threshold: Duration::from_secs(3 * 3600),
                 retry: BackoffPolicy {
                     initial: Duration::from_millis(200),
                     max: Duration::from_secs(10),

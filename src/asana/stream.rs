@@ -76,6 +76,12 @@ pub struct AsanaSource {
     /// `None` when `[enrich] enabled = false`.
     enricher: Option<Enricher>,
     ctx: SourceContext,
+    /// Open while the API accepts the source's requests: opened by the
+    /// tail's first stored page, closed by a rejected token or request
+    /// (which only an operator fixes). Backfill slices request only while
+    /// it is open, so a bad token costs the tail's slow retries, not one
+    /// per slice.
+    accepted: tokio::sync::watch::Sender<bool>,
 }
 
 impl AsanaSource {
@@ -103,6 +109,7 @@ impl AsanaSource {
             client,
             enricher,
             ctx,
+            accepted: tokio::sync::watch::Sender::new(false),
         })
     }
 
@@ -222,6 +229,9 @@ impl AsanaSource {
             if !ctx.wait_for_outbox_room(id).await? {
                 break;
             }
+            if track != Track::Tail && !self.wait_until_accepted(ctx).await {
+                break;
+            }
             let Some((position, fetched)) = self.next_page(track, &cursor, ahead.take(), ctx).await
             else {
                 break;
@@ -258,6 +268,10 @@ impl AsanaSource {
                                 ahead = None;
                             }
                             health.succeeded();
+                            if track == Track::Tail {
+                                self.accepted
+                                    .send_if_modified(|open| !std::mem::replace(open, true));
+                            }
                             if finished {
                                 return Ok(true);
                             }
@@ -307,6 +321,22 @@ impl AsanaSource {
         // cursor still points at it.
         drop(ahead);
         Ok(false)
+    }
+
+    /// Waits until the API accepts the source's requests (see `accepted`);
+    /// false on shutdown. The tail probes meanwhile, under its own
+    /// deadlines, so the wait is idle.
+    async fn wait_until_accepted(&self, ctx: &SourceContext) -> bool {
+        let mut accepted = self.accepted.subscribe();
+        if *accepted.borrow_and_update() {
+            return true;
+        }
+        ctx.health
+            .idle("waiting for the live tail to show the api accepts requests");
+        tokio::select! {
+            open = accepted.wait_for(|open| *open) => open.is_ok(),
+            () = ctx.shutdown.cancelled() => false,
+        }
     }
 
     /// The next page and the position it was requested with: the answer of
@@ -767,6 +797,7 @@ impl AsanaSource {
                 wait
             }
             SourceError::Unauthorized { status, message } => {
+                self.accepted.send_replace(false);
                 tracing::error!(
                     source = %id,
                     status,
@@ -778,6 +809,7 @@ impl AsanaSource {
                 self.config.slow_retry_interval
             }
             SourceError::Rejected { status, message } => {
+                self.accepted.send_replace(false);
                 tracing::error!(
                     source = %id,
                     status,
@@ -1400,6 +1432,100 @@ mod tests {
             .await
             .unwrap()
             .is_empty());
+        stop.cancel();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_parallel_backfill_survives_429s_and_expired_offsets() {
+        const BACKLOG: u64 = 4_000;
+        let (sim, root, stop) = simulator(BACKLOG, 0, Duration::from_millis(15)).await;
+        let dir = tempfile::tempdir().unwrap();
+        let state = SharedState::open(&dir.path().join("state.db")).unwrap();
+        let source = Arc::new(sliced_source(
+            &format!("{root}/api/1.0"),
+            "sim-token",
+            &state,
+            4,
+        ));
+        let task = tokio::spawn({
+            let source = Arc::clone(&source);
+            async move { source.run().await }
+        });
+        let wait = |until: i64, backfill_done: bool| {
+            let state = state.clone();
+            async move {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+                loop {
+                    let (depth, slices) = state
+                        .call(|db| Ok((db.outbox_depth()?, db.slices("asana_main")?)))
+                        .await
+                        .unwrap();
+                    if depth >= until && (!backfill_done || slices.is_empty()) {
+                        return slices;
+                    }
+                    assert!(tokio::time::Instant::now() < deadline, "stuck at {depth}");
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+        };
+        let pending = wait(1_000, false).await;
+        assert!(
+            pending.iter().any(|s| s.cursor.position.is_some()),
+            "no slice was following an offset: {pending:?}"
+        );
+        // Every offset issued so far is rejected from now on, and the next
+        // three requests get 429.
+        sim.update_faults(crate::simulator::FaultUpdate {
+            expire_offsets: true,
+            rate_limit_next: Some(3),
+            retry_after_secs: Some(1),
+            ..crate::simulator::FaultUpdate::default()
+        })
+        .unwrap();
+        wait(BACKLOG as i64, true).await;
+        source.ctx.shutdown.cancel();
+        task.await.unwrap().unwrap();
+
+        let stats = sim_stats(&root).await;
+        assert_eq!(stats["by_status"]["429"], 3, "{stats}");
+        assert!(stats["by_status"]["400"].as_u64().unwrap() >= 1, "{stats}");
+        // The slices restarted by time: some events were read again and
+        // dropped by the dedup window.
+        assert!(source.ctx.metrics.cursor_restarts.get() >= 1);
+        let mut expected = sim.visible_gids(WORKSPACE);
+        expected.sort();
+        assert_eq!(stored_ids(&state).await, expected);
+        stop.cancel();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rejected_token_holds_the_slices_back_while_the_tail_retries() {
+        let (_sim, root, stop) = simulator(3_000, 0, Duration::ZERO).await;
+        let dir = tempfile::tempdir().unwrap();
+        let state = SharedState::open(&dir.path().join("state.db")).unwrap();
+        let source = Arc::new(sliced_source(
+            &format!("{root}/api/1.0"),
+            "revoked-token",
+            &state,
+            8,
+        ));
+        let task = tokio::spawn({
+            let source = Arc::clone(&source);
+            async move { source.run().await }
+        });
+        // slow_retry_interval is 1 s: about three tries of the tail.
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        source.ctx.shutdown.cancel();
+        task.await.unwrap().unwrap();
+        let stats = sim_stats(&root).await;
+        let rejected = stats["by_status"]["401"].as_u64().unwrap();
+        assert!(
+            (1..=4).contains(&rejected),
+            "{rejected} requests got 401: {stats}"
+        );
+        // The backfill is still all there, for when the token is fixed.
+        let slices = state.call(|db| db.slices("asana_main")).await.unwrap();
+        assert_eq!(slices.len(), 32);
         stop.cancel();
     }
 }

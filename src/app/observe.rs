@@ -283,6 +283,27 @@ mod tests {
     }
 
     #[test]
+    fn during_a_backfill_the_oldest_unread_slice_is_the_read_through_point() {
+        let now = 1_000_000_000_000;
+        let day = 86_400_000;
+        // The live tail is caught up; slices still read 40 days back.
+        let mut obs = observation(Some(now - 1_000), Some(now - 500), now - 60_000);
+        obs.backfills.push((
+            "a".into(),
+            crate::state::BackfillProgress {
+                pending: 12,
+                read_through_ms: now - 40 * day,
+            },
+        ));
+        let f = SourceFigures::of(&obs, "a", now).unwrap();
+        assert_eq!(f.cursor_age_ms, 40 * day);
+        assert_eq!(f.read_through_ms, now - 40 * day);
+        // The lag is the newest event's: the tail keeps it low.
+        assert_eq!(f.lag_ms, 1_000);
+        assert_eq!(f.backfill.map(|b| b.pending), Some(12));
+    }
+
+    #[test]
     fn before_any_event_the_stream_start_counts() {
         let now = 1_000_000_000_000;
         let obs = observation(None, None, now - 60_000);

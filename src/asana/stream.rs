@@ -1335,6 +1335,31 @@ mod tests {
         (sim, format!("http://{addr}"), stop)
     }
 
+    /// A sliced source on a fresh state file under `dir`, running.
+    fn spawn_sliced(
+        root: &str,
+        token: &str,
+        dir: &std::path::Path,
+        lanes: u32,
+    ) -> (
+        Arc<AsanaSource>,
+        SharedState,
+        tokio::task::JoinHandle<Result<(), StateError>>,
+    ) {
+        let state = SharedState::open(&dir.join("state.db")).unwrap();
+        let source = Arc::new(sliced_source(
+            &format!("{root}/api/1.0"),
+            token,
+            &state,
+            lanes,
+        ));
+        let task = tokio::spawn({
+            let source = Arc::clone(&source);
+            async move { source.run().await }
+        });
+        (source, state, task)
+    }
+
     async fn sim_stats(root: &str) -> serde_json::Value {
         reqwest::get(format!("{root}/_sim/stats"))
             .await
@@ -1440,17 +1465,7 @@ mod tests {
         const BACKLOG: u64 = 4_000;
         let (sim, root, stop) = simulator(BACKLOG, 0, Duration::from_millis(15)).await;
         let dir = tempfile::tempdir().unwrap();
-        let state = SharedState::open(&dir.path().join("state.db")).unwrap();
-        let source = Arc::new(sliced_source(
-            &format!("{root}/api/1.0"),
-            "sim-token",
-            &state,
-            4,
-        ));
-        let task = tokio::spawn({
-            let source = Arc::clone(&source);
-            async move { source.run().await }
-        });
+        let (source, state, task) = spawn_sliced(&root, "sim-token", dir.path(), 4);
         let wait = |until: i64, backfill_done: bool| {
             let state = state.clone();
             async move {
@@ -1502,17 +1517,7 @@ mod tests {
     async fn a_rejected_token_holds_the_slices_back_while_the_tail_retries() {
         let (_sim, root, stop) = simulator(3_000, 0, Duration::ZERO).await;
         let dir = tempfile::tempdir().unwrap();
-        let state = SharedState::open(&dir.path().join("state.db")).unwrap();
-        let source = Arc::new(sliced_source(
-            &format!("{root}/api/1.0"),
-            "revoked-token",
-            &state,
-            8,
-        ));
-        let task = tokio::spawn({
-            let source = Arc::clone(&source);
-            async move { source.run().await }
-        });
+        let (source, state, task) = spawn_sliced(&root, "revoked-token", dir.path(), 8);
         // slow_retry_interval is 1 s: about three tries of the tail.
         tokio::time::sleep(Duration::from_millis(2_500)).await;
         source.ctx.shutdown.cancel();

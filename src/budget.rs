@@ -36,6 +36,8 @@ struct Bucket {
     last: Instant,
     /// A 429 told us to stay away until then.
     not_before: Instant,
+    /// Penalties so far: a reservation made before the latest one is void.
+    penalties: u64,
 }
 
 impl RateBudget {
@@ -53,6 +55,7 @@ impl RateBudget {
                 tokens: burst,
                 last: now,
                 not_before: now,
+                penalties: 0,
             }),
         }
     }
@@ -71,19 +74,22 @@ impl RateBudget {
     /// waiting for the refill still used its token: the budget errs on the
     /// side of fewer requests.
     pub async fn acquire(&self) {
-        let mut reserved = false;
+        // The penalty count when this call reserved its token.
+        let mut reserved: Option<u64> = None;
         loop {
             let wait = {
                 let mut bucket = self.bucket();
                 let now = Instant::now();
                 if now < bucket.not_before {
                     bucket.not_before - now
-                } else if reserved {
+                } else if reserved == Some(bucket.penalties) {
                     return;
                 } else {
+                    // First time here, or a penalty voided the reservation:
+                    // reserve (again), paced behind everyone already waiting.
                     self.refill(&mut bucket, now);
                     bucket.tokens -= 1.0;
-                    reserved = true;
+                    reserved = Some(bucket.penalties);
                     if bucket.tokens >= 0.0 {
                         return;
                     }
@@ -112,18 +118,27 @@ impl RateBudget {
 
     /// The API refused a request with 429: nothing using this budget makes
     /// a request for `wait` (a longer penalty already in force stays).
+    /// Afterwards requests resume at the refill pace, without a burst: the
+    /// bucket is empty when the penalty ends, and the requests that were
+    /// waiting reserve again, one after the other.
     pub fn penalize(&self, wait: Duration) {
         let mut bucket = self.bucket();
         let until = Instant::now() + wait;
         if until > bucket.not_before {
             bucket.not_before = until;
         }
+        bucket.tokens = 0.0;
+        bucket.last = bucket.last.max(bucket.not_before);
+        bucket.penalties += 1;
     }
 
     fn refill(&self, bucket: &mut Bucket, now: Instant) {
-        let elapsed = now.saturating_duration_since(bucket.last).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * self.refill).min(self.burst);
-        bucket.last = now;
+        // Nothing refills while a penalty lasts (`last` is its end then).
+        if now > bucket.last {
+            let elapsed = (now - bucket.last).as_secs_f64();
+            bucket.tokens = (bucket.tokens + elapsed * self.refill).min(self.burst);
+            bucket.last = now;
+        }
     }
 }
 
@@ -202,10 +217,62 @@ mod tests {
         for waiter in waiters {
             waiter.await.unwrap();
         }
+        // They go when it ends, one after the other at the refill pace
+        // (three at 24.6 a second).
         let elapsed = start.elapsed();
         assert!(
-            elapsed >= Duration::from_secs(5) && elapsed < Duration::from_millis(5100),
+            elapsed >= Duration::from_secs(5) && elapsed < Duration::from_millis(5200),
             "{elapsed:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_penalty_waiting_requests_resume_at_the_refill_pace() {
+        // 1,500/min: a burst of 25, then 24.6 per second.
+        let budget = std::sync::Arc::new(RateBudget::per_minute(1500));
+        let start = Instant::now();
+        let times = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let lanes: Vec<_> = (0..20)
+            .map(|_| {
+                let (budget, times) = (budget.clone(), times.clone());
+                tokio::spawn(async move {
+                    while start.elapsed() < Duration::from_secs(8) {
+                        budget.acquire().await;
+                        times.lock().unwrap().push(start.elapsed());
+                    }
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        budget.penalize(Duration::from_secs(3));
+        for lane in lanes {
+            lane.await.unwrap();
+        }
+        let times = times.lock().unwrap();
+        let within = |from: f64, to: f64| {
+            times
+                .iter()
+                .filter(|t| (from..to).contains(&t.as_secs_f64()))
+                .count()
+        };
+        // Nothing during the penalty (the lanes had reserved ahead).
+        assert_eq!(within(2.001, 5.0), 0);
+        // No burst when it ends: the refill pace, not 20 waiters plus a
+        // refilled bucket at once.
+        assert!(
+            within(5.0, 5.5) <= 14,
+            "{} in the first half second",
+            within(5.0, 5.5)
+        );
+        assert!(
+            within(5.0, 6.0) <= 26,
+            "{} in the first second",
+            within(5.0, 6.0)
+        );
+        assert!(
+            within(6.0, 8.0) >= 45,
+            "{} in the next two seconds",
+            within(6.0, 8.0)
         );
     }
 

@@ -588,9 +588,7 @@ fn reset(
                 last_event_id: None,
                 ..cursor
             };
-            db.set_cursor(source, "asana", &cursor)?;
-            // A backfill under way belonged to the old start.
-            db.delete_slices(source)?;
+            db.reset_cursor(source, "asana", &cursor)?;
             println!(
                 "source {source}: will restart from {}",
                 format_time(at.timestamp_millis())

@@ -222,10 +222,10 @@ impl Component {
 
     /// A lane: for a task that works beside the component's own (a slice
     /// of a backfill). It promises its own deadlines, so a hung lane is
-    /// overdue even while the main task keeps beating; its successes and
-    /// failures count for the component, while "caught up" does not (a
-    /// lane reaching its end says nothing about the component's). It stops
-    /// counting when dropped.
+    /// overdue even while the main task keeps beating. Its failures count
+    /// for the component; its successes and "caught up" do not, so a lane
+    /// doing well never hides a main task that fails (readiness is the
+    /// main task's). It stops counting when dropped.
     pub fn lane(self: &Arc<Self>) -> Arc<Component> {
         let lane = Arc::new(Component {
             role: self.role,
@@ -278,8 +278,8 @@ impl Component {
 
     /// A poll or a delivery worked.
     pub fn succeeded(&self) {
-        if let Some(parent) = &self.parent {
-            return parent.succeeded();
+        if self.parent.is_some() {
+            return;
         }
         let mut state = lock(&self.state);
         state.last_success_at = Some(unix_ms_now());
@@ -504,15 +504,18 @@ mod tests {
         assert_eq!(late.len(), 1);
         assert_eq!(late[0].0.name(), "source/a");
         assert_eq!(late[0].1, "committing a slice");
-        // Successes and failures count for the source; "caught up" does not.
+        // Failures count for the source; successes and "caught up" do not:
+        // readiness is the main task's.
         lane.failed("slice request failed");
         assert_eq!(source.record().consecutive_failures, 1);
         lane.succeeded();
-        let record = source.record();
-        assert_eq!(record.consecutive_failures, 0);
-        assert!(record.last_success_at.is_some());
         lane.caught_up();
-        assert_eq!(source.record().caught_up_at, None);
+        let record = source.record();
+        assert_eq!(record.consecutive_failures, 1);
+        assert_eq!((record.last_success_at, record.caught_up_at), (None, None));
+        assert!(!source.check(unix_ms_now()).ok);
+        source.succeeded();
+        assert_eq!(source.record().consecutive_failures, 0);
         assert!(source.check(unix_ms_now()).ok);
         // A finished lane no longer counts.
         drop(lane);

@@ -9,7 +9,8 @@
 //! ([`crate::state::StateDb::commit_page`]); the offset is never stored ahead
 //! of the events it covers. When the offset is lost (Asana rejects it with
 //! 400, or the filters changed) the stream restarts at `start_at` = newest
-//! stored event − `restart_margin`, and the dedup window drops the repeats.
+//! stored event − `restart_margin` (never before the stream's own start),
+//! and the dedup window drops the repeats.
 //!
 //! Before a page is committed, the users it names are resolved by the
 //! source's [`Enricher`] (within its bound, never longer), and every
@@ -18,10 +19,20 @@
 //!
 //! Pipelining: a full page comes with the offset of the next one, so that
 //! page is requested ([`Ahead`]) while this one is mapped and committed.
-//! One request at most is in flight, and its answer is used only after the
-//! page before it committed, with the cursor that commit stored; otherwise
-//! (the commit failed, shutdown) it is dropped and nothing is lost: the
-//! stored cursor still points at it.
+//! One request at most per stream is in flight, and its answer is used only
+//! after the page before it committed, with the cursor that commit stored;
+//! otherwise (the commit failed, shutdown) it is dropped and nothing is
+//! lost: the stored cursor still points at it.
+//!
+//! Backfill: a source that starts more than `backfill_threshold` behind
+//! cuts the backlog older than `settle` (the larger of `restart_margin` and
+//! `backfill_threshold`) into time slices, each an offset stream over
+//! `start_at`/`end_at` with its own cursor (`backfill_slice`), read
+//! `parallel_slices` at a time beside the tail by the same loop
+//! ([`Track::Slice`]). A slice ends at its first empty page; that page's
+//! commit deletes it. Slices request only while the API accepts the
+//! source's requests (`accepted`), so a revoked token is probed by the tail
+//! alone.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -229,8 +240,23 @@ impl AsanaSource {
             if !ctx.wait_for_outbox_room(id).await? {
                 break;
             }
-            if track != Track::Tail && !self.wait_until_accepted(ctx).await {
-                break;
+            if let Track::Slice { slice, end_ms } = track {
+                if !self.wait_until_accepted(ctx).await {
+                    break;
+                }
+                if cursor.position.is_none() && self.expired(end_ms) {
+                    self.ctx.metrics.retention_gaps.inc();
+                    tracing::warn!(source = %id, slice, end = %format_time(end_ms), "a backfill slice fell out of asana's 90-day retention before it was read; its events are gone");
+                    let gone = SliceCursor {
+                        slice,
+                        end_ms,
+                        cursor: cursor.clone(),
+                    };
+                    health.beat("committing a page", COMMIT_BOUND);
+                    ctx.commit_slice_page(id, (Vec::new(), Vec::new()), gone, true)
+                        .await?;
+                    return Ok(true);
+                }
             }
             let Some((position, fetched)) = self.next_page(track, &cursor, ahead.take(), ctx).await
             else {
@@ -250,10 +276,12 @@ impl AsanaSource {
                     if full {
                         ahead = self.request_ahead(&position, &page, ctx);
                     }
-                    // A slice ends at its first page that is not full: its
-                    // end lies `restart_margin` or more in the past, so no
-                    // more events come into it.
-                    let finished = !full && matches!(track, Track::Slice { .. });
+                    // A slice ends at its first empty page (Asana's "caught
+                    // up"; a short page may be a server cap), or at a page
+                    // with no offset to go on from. Its end lies at least
+                    // `settle` in the past, so no more events come into it.
+                    let finished = matches!(track, Track::Slice { .. })
+                        && (page.records.is_empty() || page.next_offset.is_none());
                     health.beat("committing a page", COMMIT_BOUND);
                     match self
                         .store_page(track, &mut cursor, page, &position, finished, ctx)
@@ -303,7 +331,8 @@ impl AsanaSource {
                         last_prune = tokio::time::Instant::now();
                         self.ctx.prune(id).await;
                     }
-                    (!full).then_some(self.config.poll_interval)
+                    // A slice goes on at once: its events are all there.
+                    (!full && track == Track::Tail).then_some(self.config.poll_interval)
                 }
                 Err(error) => {
                     self.on_error(track, error, &mut cursor, &mut pacing, ctx)
@@ -350,7 +379,6 @@ impl AsanaSource {
         ahead: Option<Ahead<Result<Page, SourceError>>>,
         ctx: &SourceContext,
     ) -> Option<(Position, Result<Page, SourceError>)> {
-        let shutdown = &ctx.shutdown;
         let health = &ctx.health;
         if let Some(ahead) = ahead {
             // It took its budget token when it started (or is still waiting
@@ -360,12 +388,12 @@ impl AsanaSource {
                 self.config.request_timeout + self.client.budget().delay() + BEAT_SLACK,
             );
             let position = ahead.position.clone();
-            let fetched = tokio::select! {
-                fetched = ahead.finish() => fetched.unwrap_or_else(|| {
-                    Err(SourceError::Transient("the request was cancelled".to_string()))
-                }),
-                () = shutdown.cancelled() => return None,
-            };
+            let fetched = self.beating(ctx, ahead.finish()).await?;
+            let fetched = fetched.unwrap_or_else(|| {
+                Err(SourceError::Transient(
+                    "the request was cancelled".to_string(),
+                ))
+            });
             return Some((position, fetched));
         }
         let position = self.position(track, cursor);
@@ -378,9 +406,31 @@ impl AsanaSource {
             "fetching a page",
             self.config.request_timeout + self.client.budget().delay() + BEAT_SLACK,
         );
-        tokio::select! {
-            fetched = self.client.fetch(&position) => Some((position, fetched)),
-            () = shutdown.cancelled() => None,
+        let fetched = self.beating(ctx, self.client.fetch(&position)).await?;
+        Some((position, fetched))
+    }
+
+    /// Awaits a request; `None` on shutdown. While the rate budget holds
+    /// requests back (a 429 to another slice penalizes it after this
+    /// request's heartbeat was set), the heartbeat is renewed by that
+    /// wait: it is the budget's, not a hang.
+    async fn beating<T>(&self, ctx: &SourceContext, request: impl Future<Output = T>) -> Option<T> {
+        const RENEW_EVERY: Duration = Duration::from_secs(5);
+        tokio::pin!(request);
+        loop {
+            tokio::select! {
+                answer = &mut request => return Some(answer),
+                () = ctx.shutdown.cancelled() => return None,
+                () = tokio::time::sleep(RENEW_EVERY) => {
+                    let delay = self.client.budget().delay();
+                    if !delay.is_zero() {
+                        ctx.health.beat(
+                            "fetching a page",
+                            self.config.request_timeout + delay + BEAT_SLACK,
+                        );
+                    }
+                }
+            }
         }
     }
 
@@ -482,7 +532,7 @@ impl AsanaSource {
             let (to_store, to_insert) = (tail.clone(), new.clone());
             self.ctx
                 .state
-                .call(move |db| db.plan_backfill(&id, "asana", &to_store, &to_insert))
+                .call(move |db| db.store_backfill(&id, "asana", &to_store, &to_insert))
                 .await?;
             cursor = tail;
             slices.extend(new);
@@ -494,9 +544,15 @@ impl AsanaSource {
 
     /// A backfill for the tail `cursor`, when what it has left to read
     /// begins more than `backfill_threshold` ago: slices over [that point,
-    /// now − `restart_margin`), numbered from `first`, and the tail's new
-    /// cursor, a fresh stream from where the last slice ends. `None` when
-    /// parallel slices are off or the backlog is short.
+    /// now − `settle`), numbered from `first`, and the tail's new cursor, a
+    /// fresh stream from where the last slice ends. `None` when parallel
+    /// slices are off or the backlog is short.
+    ///
+    /// `settle` is the larger of `restart_margin` and `backfill_threshold`:
+    /// the tail reads that much of the newest events itself, so a slice
+    /// only covers time that is old enough for late-indexed events to be
+    /// there; and a stream that had an offset (which would have brought
+    /// late events too) is re-read from that much before its read point.
     fn plan_backfill(
         &self,
         cursor: &SourceCursor,
@@ -507,30 +563,33 @@ impl AsanaSource {
         if self.config.parallel_slices <= 1 {
             return None;
         }
-        let margin = millis(self.config.restart_margin);
+        let threshold = millis(self.config.backfill_threshold);
+        let settle = millis(self.config.restart_margin).max(threshold);
         let start = cursor.stream_start?;
-        let from = match cursor.position {
+        let (read, overlap) = match cursor.position {
             // No offset: the stream begins at its start.
-            None => start,
+            None => (start, 0),
             // An offset goes on after what was read: the newest stored
             // event, or the last poll that found the end of the stream
-            // (a quiet workspace), minus the margin for late indexing.
-            Some(_) => [cursor.last_event_time, caught_up_at]
-                .into_iter()
-                .flatten()
-                .max()
-                .map_or(start, |read| read.saturating_sub(margin).max(start)),
+            // (a quiet workspace).
+            Some(_) => (
+                [cursor.last_event_time, caught_up_at]
+                    .into_iter()
+                    .flatten()
+                    .max()
+                    .map_or(start, |read| read.max(start)),
+                settle,
+            ),
         };
+        if now_ms.saturating_sub(read) <= threshold {
+            return None;
+        }
         let now = DateTime::from_timestamp_millis(now_ms)?;
+        let from = read.saturating_sub(overlap).max(start);
         let from = self
             .clamp_to_retention(DateTime::from_timestamp_millis(from)?, now)
             .timestamp_millis();
-        if now_ms.saturating_sub(from) <= millis(self.config.backfill_threshold) {
-            return None;
-        }
-        // Events younger than the margin may still be indexed late: the
-        // tail, which never ends, reads them.
-        let split = now_ms.saturating_sub(margin);
+        let split = now_ms.saturating_sub(settle);
         let count = self.config.parallel_slices.saturating_mul(SLICES_PER_LANE);
         let bounds = cut(from, split, count, MIN_SLICE_MS);
         if bounds.len() < 2 {
@@ -582,6 +641,12 @@ impl AsanaSource {
             .state
             .call(move |db| db.set_slice(&id, &slice))
             .await
+    }
+
+    /// Whether everything before `end_ms` is past retention (a slice that
+    /// waited too long to be read).
+    fn expired(&self, end_ms: i64) -> bool {
+        retention_floor(Utc::now()).timestamp_millis() >= end_ms
     }
 
     /// The earliest time still worth asking for; an earlier start is a gap.
@@ -1202,7 +1267,8 @@ mod tests {
         let source = sliced_source(base, "t0ken", &state, 4);
         let now = Utc::now().timestamp_millis();
         let hour = 3_600_000;
-        let margin = 60_000;
+        // The larger of restart_margin (1 min) and backfill_threshold (1 h).
+        let settle = hour;
         let fresh = SourceCursor {
             position: None,
             filters_hash: "h".into(),
@@ -1215,18 +1281,19 @@ mod tests {
         let (tail, slices) = source.plan_backfill(&fresh, None, now, 0).unwrap();
         assert_eq!(slices.len(), 16);
         assert_eq!(slices[0].cursor.stream_start, Some(now - 5 * hour));
-        assert_eq!(slices[15].end_ms, now - margin);
+        assert_eq!(slices[15].end_ms, now - settle);
         for pair in slices.windows(2) {
             assert_eq!(Some(pair[0].end_ms), pair[1].cursor.stream_start);
             assert_eq!(pair[0].slice + 1, pair[1].slice);
         }
         assert!(slices.iter().all(|s| s.cursor.position.is_none()));
         // The tail goes on where the last slice ends, as a new stream.
-        assert_eq!(tail.stream_start, Some(now - margin));
+        assert_eq!(tail.stream_start, Some(now - settle));
         assert_eq!(tail.position, None);
 
         // An offset whose stream read up to 3 hours ago: from there, minus
-        // the margin; numbered after the slices still pending.
+        // `settle` (what that offset might still have brought, indexed
+        // late); numbered after the slices still pending.
         let behind = SourceCursor {
             position: Some("offset".into()),
             last_event_time: Some(now - 4 * hour),
@@ -1236,7 +1303,7 @@ mod tests {
         let (tail, slices) = source
             .plan_backfill(&behind, Some(now - 3 * hour), now, 7)
             .unwrap();
-        assert_eq!(slices[0].cursor.stream_start, Some(now - 3 * hour - margin));
+        assert_eq!(slices[0].cursor.stream_start, Some(now - 3 * hour - settle));
         assert_eq!(slices[0].slice, 7);
         // The newest stored event stays: it is what the lag is measured by.
         assert_eq!(tail.last_event_time, Some(now - 4 * hour));
@@ -1285,7 +1352,7 @@ mod tests {
         state
             .call({
                 let (tail, old) = (tail.clone(), old.clone());
-                move |db| db.plan_backfill("asana_main", "asana", &tail, &[old])
+                move |db| db.store_backfill("asana_main", "asana", &tail, &[old])
             })
             .await
             .unwrap();
@@ -1531,6 +1598,50 @@ mod tests {
         // The backfill is still all there, for when the token is fixed.
         let slices = state.call(|db| db.slices("asana_main")).await.unwrap();
         assert_eq!(slices.len(), 32);
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_slice_past_retention_is_dropped_as_a_gap_without_a_request() {
+        let (_sim, root, stop) = simulator(100, 0, Duration::ZERO).await;
+        let dir = tempfile::tempdir().unwrap();
+        let state = SharedState::open(&dir.path().join("state.db")).unwrap();
+        let source = Arc::new(sliced_source(
+            &format!("{root}/api/1.0"),
+            "sim-token",
+            &state,
+            4,
+        ));
+        let now = Utc::now().timestamp_millis();
+        let day = 86_400_000;
+        let hash = filters_hash(&source.config);
+        let tail = SourceCursor {
+            position: None,
+            filters_hash: hash.clone(),
+            stream_start: Some(now - 60_000),
+            last_event_time: None,
+            last_event_id: None,
+        };
+        let gone = SliceCursor {
+            slice: 0,
+            end_ms: now - 95 * day,
+            cursor: SourceCursor {
+                stream_start: Some(now - 100 * day),
+                ..tail.clone()
+            },
+        };
+        state
+            .call(move |db| db.store_backfill("asana_main", "asana", &tail, &[gone]))
+            .await
+            .unwrap();
+        run_while(Arc::clone(&source), &state, 0, true).await;
+        assert!(source.ctx.metrics.retention_gaps.get() >= 1);
+        let stats = sim_stats(&root).await;
+        // Only the tail asked (no request for the slice's range).
+        let requests = stats["by_endpoint"]["audit_log_events"]["200"]
+            .as_u64()
+            .unwrap();
+        assert!(requests <= 2, "{stats}");
         stop.cancel();
     }
 }

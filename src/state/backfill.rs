@@ -44,7 +44,7 @@ pub struct BackfillProgress {
 impl StateDb {
     /// Stores a backfill plan: the slices, and the tail's new cursor (which
     /// begins where the last slice ends), in one transaction.
-    pub fn plan_backfill(
+    pub fn store_backfill(
         &mut self,
         source_id: &str,
         kind: &str,
@@ -86,7 +86,9 @@ impl StateDb {
 
     /// Stores a slice's cursor on its own (a restart by time).
     pub fn set_slice(&mut self, source_id: &str, slice: &SliceCursor) -> Result<(), StateError> {
-        let tx = self.conn.transaction()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         upsert_slice(&tx, source_id, slice)?;
         tx.commit()?;
         Ok(())
@@ -117,14 +119,6 @@ impl StateDb {
         }
         tx.commit()?;
         Ok(outcome)
-    }
-
-    /// Forgets a source's slices (`state reset`).
-    pub fn delete_slices(&mut self, source_id: &str) -> Result<u64, StateError> {
-        Ok(self.conn.execute(
-            "DELETE FROM backfill_slice WHERE source_id = ?1",
-            [source_id],
-        )? as u64)
     }
 
     /// Every source's backfill that is under way.

@@ -305,6 +305,31 @@ impl StateDb {
         Ok(())
     }
 
+    /// Moves a source to read again from `cursor` (`state reset --to`), in
+    /// one transaction: a backfill under way and what the source had read
+    /// through belong to the old position and go.
+    pub fn reset_cursor(
+        &mut self,
+        source_id: &str,
+        kind: &str,
+        cursor: &SourceCursor,
+    ) -> Result<(), StateError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        upsert_cursor(&tx, source_id, kind, cursor)?;
+        tx.execute(
+            "DELETE FROM backfill_slice WHERE source_id = ?1",
+            [source_id],
+        )?;
+        tx.execute(
+            "UPDATE component_health SET caught_up_at = NULL WHERE role = 'source' AND id = ?1",
+            [source_id],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Forgets a source's cursor; its next run starts as a first run.
     pub fn delete_cursor(&mut self, source_id: &str) -> Result<bool, StateError> {
         let tx = self.conn.transaction()?;

@@ -455,7 +455,7 @@ fn a_backfill_plan_and_its_slices_commit_atomically_and_leave_nothing_behind() {
         stream_start: Some(1_000),
         ..cursor("ignored", 900)
     };
-    db.plan_backfill(
+    db.store_backfill(
         "s",
         "asana",
         &tail,
@@ -532,12 +532,27 @@ fn a_backfill_plan_and_its_slices_commit_atomically_and_leave_nothing_behind() {
 #[test]
 fn a_reset_drops_the_backfill_with_the_cursor() {
     let (_dir, mut db) = open_tmp();
-    db.plan_backfill("s", "asana", &cursor("p", 1), &[slice(0, 0, 10)])
+    db.store_backfill("s", "asana", &cursor("p", 1), &[slice(0, 0, 10)])
         .unwrap();
-    db.plan_backfill("other", "asana", &cursor("p", 1), &[slice(0, 0, 10)])
+    db.store_backfill("other", "asana", &cursor("p", 1), &[slice(0, 0, 10)])
         .unwrap();
     assert!(db.delete_cursor("s").unwrap());
     assert!(db.slices("s").unwrap().is_empty());
     assert_eq!(db.slices("other").unwrap().len(), 1);
-    assert_eq!(db.delete_slices("other").unwrap(), 1);
+    // `state reset --to`: the cursor moves, the backfill and what was read
+    // through go, together.
+    let mut health = ComponentRecord::new("source", "other", "asana");
+    health.caught_up_at = Some(5);
+    db.record_health(&[health]).unwrap();
+    let to = SourceCursor {
+        position: None,
+        stream_start: Some(1),
+        last_event_time: None,
+        ..cursor("p", 1)
+    };
+    db.reset_cursor("other", "asana", &to).unwrap();
+    assert_eq!(db.cursor("other").unwrap(), Some(to));
+    assert!(db.slices("other").unwrap().is_empty());
+    let health = db.component_health("source", "other").unwrap().unwrap();
+    assert_eq!(health.caught_up_at, None);
 }

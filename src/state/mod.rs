@@ -211,6 +211,9 @@ impl StateDb {
         drop(file);
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(30))?;
+        // Every hot statement is prepared once (`prepare_cached`); room for
+        // all of them, so none is evicted and parsed again.
+        conn.set_prepared_statement_cache_capacity(64);
         // WAL: a reader in another process (`state show`) never blocks the
         // daemon's writes. With WAL,
         // synchronous=NORMAL survives any process crash; after a power loss
@@ -359,11 +362,8 @@ impl StateDb {
             // Running payload total, so a sink's backlog in bytes is two
             // lookups instead of a scan (see `observe`).
             let mut cum_bytes: i64 = tx
-                .query_row(
-                    "SELECT cum_bytes FROM outbox ORDER BY seq DESC LIMIT 1",
-                    [],
-                    |row| row.get(0),
-                )
+                .prepare_cached("SELECT cum_bytes FROM outbox ORDER BY seq DESC LIMIT 1")?
+                .query_row([], |row| row.get(0))
                 .optional()?
                 .unwrap_or(0);
             for event in events {
@@ -436,12 +436,12 @@ impl StateDb {
     }
 
     /// Events in the outbox (rows are deleted as a prefix, so seq bounds it).
+    /// Two index lookups whatever the depth (see [`OUTBOX_DEPTH`]).
     pub fn outbox_depth(&self) -> Result<i64, StateError> {
-        Ok(self.conn.query_row(
-            "SELECT COALESCE(MAX(seq) - MIN(seq) + 1, 0) FROM outbox",
-            [],
-            |row| row.get(0),
-        )?)
+        Ok(self
+            .conn
+            .prepare_cached(OUTBOX_DEPTH)?
+            .query_row([], |row| row.get(0))?)
     }
 
     /// Marks the configured sinks active (registering new ones at the oldest
@@ -649,21 +649,24 @@ impl StateDb {
     /// Records that `sink_id` acknowledged every row up to `seq`. Progress
     /// never moves backwards.
     pub fn ack(&mut self, sink_id: &str, seq: i64) -> Result<(), StateError> {
-        self.conn.execute(
-            "UPDATE sink_progress SET acked_seq = ?2, updated_at = ?3
-             WHERE sink_id = ?1 AND acked_seq < ?2",
-            params![sink_id, seq, unix_ms_now()],
-        )?;
+        self.conn
+            .prepare_cached(
+                "UPDATE sink_progress SET acked_seq = ?2, updated_at = ?3
+                 WHERE sink_id = ?1 AND acked_seq < ?2",
+            )?
+            .execute(params![sink_id, seq, unix_ms_now()])?;
         Ok(())
     }
 
     /// Deletes outbox rows every active sink acknowledged. Returns how many.
     pub fn trim_outbox(&mut self) -> Result<u64, StateError> {
-        let removed = self.conn.execute(
-            "DELETE FROM outbox WHERE seq <=
-                 (SELECT MIN(acked_seq) FROM sink_progress WHERE active = 1)",
-            [],
-        )?;
+        let removed = self
+            .conn
+            .prepare_cached(
+                "DELETE FROM outbox WHERE seq <=
+                     (SELECT MIN(acked_seq) FROM sink_progress WHERE active = 1)",
+            )?
+            .execute([])?;
         Ok(removed as u64)
     }
 
@@ -722,11 +725,11 @@ impl StateDb {
     pub fn summary(&self) -> Result<StateSummary, StateError> {
         let sources = self.cursors()?;
         let sinks = self.sink_progress()?;
-        let (oldest, newest): (Option<i64>, Option<i64>) =
-            self.conn
-                .query_row("SELECT MIN(seq), MAX(seq) FROM outbox", [], |row| {
-                    Ok((row.get(0)?, row.get(1)?))
-                })?;
+        let (oldest, newest): (Option<i64>, Option<i64>) = self.conn.query_row(
+            "SELECT (SELECT MIN(seq) FROM outbox), (SELECT MAX(seq) FROM outbox)",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?;
         let count = |sql: &str| -> Result<i64, StateError> {
             Ok(self.conn.query_row(sql, [], |row| row.get(0))?)
         };
@@ -744,13 +747,19 @@ impl StateDb {
     }
 }
 
+/// The outbox depth. MIN and MAX each in its own subquery: SQLite answers
+/// a lone `MIN(seq)` or `MAX(seq)` from one end of the table's b-tree, but
+/// `SELECT MAX(seq) - MIN(seq)` in one query reads every row.
+const OUTBOX_DEPTH: &str =
+    "SELECT COALESCE((SELECT MAX(seq) FROM outbox) - (SELECT MIN(seq) FROM outbox) + 1, 0)";
+
 fn upsert_cursor(
     tx: &rusqlite::Transaction<'_>,
     source_id: &str,
     kind: &str,
     cursor: &SourceCursor,
 ) -> Result<(), StateError> {
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO source_cursor
              (source_id, kind, position, filters_hash, stream_start, last_event_time, last_event_id, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
@@ -759,7 +768,8 @@ fn upsert_cursor(
              filters_hash = excluded.filters_hash, stream_start = excluded.stream_start,
              last_event_time = excluded.last_event_time, last_event_id = excluded.last_event_id,
              updated_at = excluded.updated_at",
-        params![
+    )?
+    .execute(params![
             source_id,
             kind,
             cursor.position,

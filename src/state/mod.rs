@@ -15,6 +15,7 @@ mod migrate;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -853,6 +854,11 @@ impl StateLock {
 #[derive(Debug, Clone)]
 pub struct SharedState {
     db: Arc<Mutex<StateDb>>,
+    /// The outbox depth as of the latest page commit or depth query
+    /// through this handle (or its clones); `i64::MAX` before the first.
+    /// Only sinks' trims lower the depth between two of those, so it is
+    /// never below the depth, apart from commits in flight.
+    depth_hint: Arc<AtomicI64>,
 }
 
 impl SharedState {
@@ -865,7 +871,48 @@ impl SharedState {
     pub fn new(db: StateDb) -> Self {
         Self {
             db: Arc::new(Mutex::new(db)),
+            depth_hint: Arc::new(AtomicI64::new(i64::MAX)),
         }
+    }
+
+    /// The outbox depth as of the latest page commit or
+    /// [`SharedState::outbox_depth`] call (`i64::MAX` before the first): at
+    /// least the depth now, less only by commits still in flight. Costs no
+    /// call to the database.
+    pub fn outbox_depth_hint(&self) -> i64 {
+        self.depth_hint.load(Ordering::Relaxed)
+    }
+
+    /// Records a depth just read in the database.
+    fn observed_depth(&self, depth: i64) {
+        self.depth_hint.store(depth, Ordering::Relaxed);
+    }
+
+    /// The outbox depth, read in the database.
+    pub async fn outbox_depth(&self) -> Result<i64, StateError> {
+        let depth = self.call(|db| db.outbox_depth()).await?;
+        self.observed_depth(depth);
+        Ok(depth)
+    }
+
+    /// [`StateDb::commit_page`] on the blocking pool; also notes the outbox
+    /// depth after the commit (see [`SharedState::outbox_depth_hint`]).
+    pub async fn commit_page(
+        &self,
+        source_id: String,
+        kind: &'static str,
+        events: Vec<NewEvent>,
+        quarantined: Vec<Quarantined>,
+        cursor: SourceCursor,
+    ) -> Result<PageOutcome, StateError> {
+        let (outcome, depth) = self
+            .call(move |db| {
+                let outcome = db.commit_page(&source_id, kind, &events, &quarantined, &cursor)?;
+                Ok((outcome, db.outbox_depth()?))
+            })
+            .await?;
+        self.observed_depth(depth);
+        Ok(outcome)
     }
 
     /// Runs `f` with the database on the blocking pool.

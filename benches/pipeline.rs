@@ -13,11 +13,16 @@
 //! The records are real simulator output: one page fetched from an
 //! in-process simulator on loopback at start.
 //!
+//! Times are CPU time of the whole process (user + system, every thread:
+//! the file sink writes on the blocking pool), not wall-clock time: the
+//! machine is shared, and a wall-clock figure moves with whatever else
+//! runs on it. Time spent waiting (an fsync's I/O) is not counted.
+//!
 //! `cargo bench --bench pipeline` (add `-- --quick` for a fast pass).
 
 use std::collections::HashMap;
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use auditrelay::asana::event::{named_users, to_outbox, Origin};
 use auditrelay::config::FileSinkConfig;
@@ -26,8 +31,88 @@ use auditrelay::envelope::compact_json;
 use auditrelay::simulator::{SimConfig, Simulator};
 use auditrelay::sink::{FileSink, Sink};
 use auditrelay::state::{NewEvent, OutboxRecord, SourceCursor, StateDb};
+use criterion::measurement::{Measurement, ValueFormatter};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::value::RawValue;
+
+/// CPU time used by this process so far (every thread, user + system).
+fn cpu_now() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// Criterion's measurement: the process's CPU time instead of wall time.
+struct CpuTime;
+
+impl Measurement for CpuTime {
+    type Intermediate = Duration;
+    type Value = Duration;
+
+    fn start(&self) -> Duration {
+        cpu_now()
+    }
+    fn end(&self, start: Duration) -> Duration {
+        cpu_now().saturating_sub(start)
+    }
+    fn add(&self, a: &Duration, b: &Duration) -> Duration {
+        *a + *b
+    }
+    fn zero(&self) -> Duration {
+        Duration::ZERO
+    }
+    fn to_f64(&self, value: &Duration) -> f64 {
+        value.as_nanos() as f64
+    }
+    fn formatter(&self) -> &dyn ValueFormatter {
+        &CpuFormatter
+    }
+}
+
+/// Nanoseconds of CPU, shown like criterion shows wall time.
+struct CpuFormatter;
+
+impl ValueFormatter for CpuFormatter {
+    fn scale_values(&self, typical_ns: f64, values: &mut [f64]) -> &'static str {
+        let (factor, unit) = if typical_ns < 1e3 {
+            (1.0, "ns cpu")
+        } else if typical_ns < 1e6 {
+            (1e-3, "µs cpu")
+        } else if typical_ns < 1e9 {
+            (1e-6, "ms cpu")
+        } else {
+            (1e-9, "s cpu")
+        };
+        for value in values {
+            *value *= factor;
+        }
+        unit
+    }
+
+    fn scale_throughputs(
+        &self,
+        _typical_ns: f64,
+        throughput: &Throughput,
+        values: &mut [f64],
+    ) -> &'static str {
+        let (per, unit) = match *throughput {
+            Throughput::Bytes(n) | Throughput::BytesDecimal(n) => {
+                (n as f64 / (1 << 20) as f64, "MiB/cpu s")
+            }
+            Throughput::Elements(n) | Throughput::ElementsAndBytes { elements: n, .. } => {
+                (n as f64 / 1e3, "Kelem/cpu s")
+            }
+            Throughput::Bits(n) => (n as f64 / 1e6, "Mb/cpu s"),
+        };
+        for value in values {
+            *value = per * 1e9 / *value;
+        }
+        unit
+    }
+
+    fn scale_for_machines(&self, _values: &mut [f64]) -> &'static str {
+        "ns"
+    }
+}
 
 const PAGE: usize = 100;
 const BATCH: usize = 500;
@@ -123,7 +208,7 @@ fn cursor(serial: u64) -> SourceCursor {
     }
 }
 
-fn envelope_benches(c: &mut Criterion, page: &[Box<RawValue>]) {
+fn envelope_benches(c: &mut Criterion<CpuTime>, page: &[Box<RawValue>]) {
     let users = users_of(page);
     let mut group = c.benchmark_group("to_outbox");
     group.throughput(Throughput::Elements(PAGE as u64));
@@ -158,7 +243,7 @@ fn envelope_benches(c: &mut Criterion, page: &[Box<RawValue>]) {
     group.finish();
 }
 
-fn state_benches(c: &mut Criterion, page: &[Box<RawValue>]) {
+fn state_benches(c: &mut Criterion<CpuTime>, page: &[Box<RawValue>]) {
     let events = envelopes(page);
     let dir = tempfile::tempdir().unwrap();
     let mut db = StateDb::open(&dir.path().join("state.db")).unwrap();
@@ -173,10 +258,10 @@ fn state_benches(c: &mut Criterion, page: &[Box<RawValue>]) {
             for _ in 0..iters {
                 let page = fresh(&events, &mut serial);
                 let cursor = cursor(serial);
-                let start = Instant::now();
+                let start = cpu_now();
                 db.commit_page("bench", "asana", &page, &[], &cursor)
                     .unwrap();
-                total += start.elapsed();
+                total += cpu_now() - start;
             }
             total
         })
@@ -200,12 +285,12 @@ fn state_benches(c: &mut Criterion, page: &[Box<RawValue>]) {
                     db.commit_page("bench", "asana", &page, &[], &cursor(serial))
                         .unwrap();
                 }
-                let start = Instant::now();
+                let start = cpu_now();
                 let batch = db.read_outbox(acked, BATCH).unwrap();
                 let last = batch.last().unwrap().seq;
                 db.ack("file", last).unwrap();
                 db.trim_outbox().unwrap();
-                total += start.elapsed();
+                total += cpu_now() - start;
                 acked = last;
             }
             total
@@ -214,7 +299,7 @@ fn state_benches(c: &mut Criterion, page: &[Box<RawValue>]) {
     group.finish();
 }
 
-fn file_sink_bench(c: &mut Criterion, page: &[Box<RawValue>]) {
+fn file_sink_bench(c: &mut Criterion<CpuTime>, page: &[Box<RawValue>]) {
     let events = envelopes(page);
     let batch: Vec<OutboxRecord> = (0..BATCH)
         .map(|i| {
@@ -246,7 +331,7 @@ fn file_sink_bench(c: &mut Criterion, page: &[Box<RawValue>]) {
     group.finish();
 }
 
-fn benches(c: &mut Criterion) {
+fn benches(c: &mut Criterion<CpuTime>) {
     let page = simulator_page();
     assert_eq!(page.len(), PAGE, "the simulator served a short page");
     envelope_benches(c, &page);
@@ -257,6 +342,7 @@ fn benches(c: &mut Criterion) {
 criterion_group! {
     name = pipeline;
     config = Criterion::default()
+        .with_measurement(CpuTime)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3))
         .sample_size(30);

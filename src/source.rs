@@ -87,10 +87,9 @@ impl SourceContext {
     ) -> Result<PageOutcome, StateError> {
         let (events, quarantined) = page;
         let received = (events.len() + quarantined.len()) as u64;
-        let id = source.to_string();
         let outcome = self
             .state
-            .call(move |db| db.commit_page(&id, kind, &events, &quarantined, &cursor))
+            .commit_page(source.to_string(), kind, events, quarantined, cursor)
             .await?;
         self.count_page(source, received, outcome);
         Ok(outcome)
@@ -107,10 +106,9 @@ impl SourceContext {
     ) -> Result<PageOutcome, StateError> {
         let (events, quarantined) = page;
         let received = (events.len() + quarantined.len()) as u64;
-        let id = source.to_string();
         let outcome = self
             .state
-            .call(move |db| db.commit_slice_page(&id, &events, &quarantined, &slice, finished))
+            .commit_slice_page(source.to_string(), events, quarantined, slice, finished)
             .await?;
         self.count_page(source, received, outcome);
         Ok(outcome)
@@ -183,6 +181,10 @@ impl SourceContext {
 
     /// Waits while the outbox holds `max_outbox_events` (sinks are behind),
     /// never dropping anything. Returns false on shutdown.
+    ///
+    /// The depth noted at the latest commit is at least the depth now
+    /// (sinks only lower it), so while that is below the limit there is
+    /// room without asking the database; otherwise the database is asked.
     pub async fn wait_for_outbox_room(
         &self,
         source: &str,
@@ -191,19 +193,25 @@ impl SourceContext {
         const CHECK_BOUND: Duration = Duration::from_secs(120);
         let mut warned = false;
         loop {
-            self.health.beat(
-                if warned {
-                    "paused: the outbox is full"
-                } else {
-                    "checking the outbox depth"
-                },
-                CHECK_BOUND,
-            );
-            let depth = self.state.call(|db| db.outbox_depth()).await?;
             let limit = self
                 .max_outbox_events
                 .load(std::sync::atomic::Ordering::Relaxed);
-            if u64::try_from(depth).unwrap_or(0) < limit {
+            let below = |depth: i64| u64::try_from(depth).unwrap_or(0) < limit;
+            let known = self.state.outbox_depth_hint();
+            let depth = if !warned && below(known) {
+                known
+            } else {
+                self.health.beat(
+                    if warned {
+                        "paused: the outbox is full"
+                    } else {
+                        "checking the outbox depth"
+                    },
+                    CHECK_BOUND,
+                );
+                self.state.outbox_depth().await?
+            };
+            if below(depth) {
                 if warned {
                     tracing::info!(source = %source, depth, "outbox has room again; resuming");
                     self.metrics.paused.set(0);
@@ -233,5 +241,75 @@ pub async fn sleep_or_cancel(duration: Duration, token: &CancellationToken) -> b
     tokio::select! {
         () = tokio::time::sleep(duration) => true,
         () = token.cancelled() => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::{Health, Role};
+    use crate::state::StateDb;
+
+    fn page(from: u64, n: u64) -> (Vec<NewEvent>, Vec<Quarantined>) {
+        let events = (from..from + n)
+            .map(|i| NewEvent {
+                event_id: i.to_string(),
+                event_time: i as i64,
+                payload: format!("{{\"n\":{i}}}"),
+            })
+            .collect();
+        (events, Vec::new())
+    }
+
+    #[tokio::test]
+    async fn a_source_pauses_at_the_outbox_limit_and_resumes_after_a_trim() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = SharedState::new(StateDb::open(&dir.path().join("state.db")).unwrap());
+        state
+            .call(|db| db.register_sinks(&[("file".to_string(), "file")]))
+            .await
+            .unwrap();
+        let ctx = SourceContext {
+            state: state.clone(),
+            stored: Arc::new(watch::channel(0).0),
+            shutdown: CancellationToken::new(),
+            max_outbox_events: Arc::new(std::sync::atomic::AtomicU64::new(150)),
+            dedup_window: Duration::from_secs(86400),
+            metrics: SourceMetrics::detached("a", "asana"),
+            health: Health::new().register(Role::Source, "a", "asana", Duration::ZERO, vec![]),
+        };
+        let check = Duration::from_millis(200);
+        assert!(ctx.wait_for_outbox_room("a").await.unwrap());
+        ctx.commit_page("a", "asana", page(1, 100), SourceCursor::default())
+            .await
+            .unwrap();
+        assert_eq!(state.outbox_depth_hint(), 100);
+        assert!(ctx.wait_for_outbox_room("a").await.unwrap());
+        ctx.commit_page("a", "asana", page(101, 100), SourceCursor::default())
+            .await
+            .unwrap();
+        // 200 events, limit 150: the source waits.
+        assert!(
+            tokio::time::timeout(check, ctx.wait_for_outbox_room("a"))
+                .await
+                .is_err(),
+            "a full outbox let the source go on"
+        );
+        // A sink takes 100; the depth noted at the commit is stale now,
+        // and the database says there is room.
+        state
+            .call(|db| {
+                db.ack("file", 100)?;
+                db.trim_outbox()
+            })
+            .await
+            .unwrap();
+        assert_eq!(state.outbox_depth_hint(), 200);
+        let resumed = tokio::time::timeout(Duration::from_secs(5), ctx.wait_for_outbox_room("a"))
+            .await
+            .expect("room after the trim")
+            .unwrap();
+        assert!(resumed);
+        assert_eq!(state.outbox_depth_hint(), 100);
     }
 }

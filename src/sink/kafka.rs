@@ -45,8 +45,14 @@ pub struct KafkaConfig {
 impl KafkaConfig {
     /// The librdkafka configuration. Ours come last: idempotence and
     /// `acks=all` cannot be switched off through `properties`.
+    ///
+    /// `linger.ms` defaults to 1 instead of librdkafka's 5 (`properties`
+    /// can set it): a batch is handed to librdkafka at once and acknowledged
+    /// when its last report comes back, so lingering only delays the tail of
+    /// every batch and the next batch with it.
     pub fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
+        config.set("linger.ms", LINGER_MS);
         for (name, value) in &self.properties {
             config.set(name, value.expose());
         }
@@ -81,6 +87,9 @@ impl KafkaConfig {
             .replace("{source_id}", source_id)
     }
 }
+
+/// The default `linger.ms` (see [`KafkaConfig::client_config`]).
+const LINGER_MS: &str = "1";
 
 /// Writes events to Kafka.
 pub struct KafkaSink {
@@ -459,6 +468,20 @@ mod tests {
             delivered.rejected[0].1.contains("TopicAuthorizationFailed"),
             "{delivered:?}"
         );
+    }
+
+    #[test]
+    fn linger_is_short_unless_configured_and_idempotence_is_not_configurable() {
+        let config = sink("127.0.0.1:9".into(), &[]).config.client_config();
+        assert_eq!(config.get("linger.ms"), Some("1"));
+        let config = sink(
+            "127.0.0.1:9".into(),
+            &[("linger.ms", "20"), ("enable.idempotence", "false")],
+        )
+        .config
+        .client_config();
+        assert_eq!(config.get("linger.ms"), Some("20"));
+        assert_eq!(config.get("enable.idempotence"), Some("true"));
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -111,62 +111,91 @@ pub enum Stopped {
     DestinationClosed,
 }
 
+/// What a sink does next: replay dead letters, or deliver outbox rows.
+enum Work {
+    Replay(Vec<OutboxRecord>),
+    Outbox(Vec<OutboxRecord>),
+}
+
+/// The next batch after `acked`: dead letters marked for replay first
+/// (`auditrelay dlq replay`), then outbox rows (possibly none).
+fn next_work(
+    db: &mut crate::state::StateDb,
+    sink_id: &str,
+    acked: i64,
+    limit: usize,
+) -> Result<Work, StateError> {
+    let replay = db.replay_batch(sink_id, limit)?;
+    if !replay.is_empty() {
+        return Ok(Work::Replay(replay));
+    }
+    Ok(Work::Outbox(db.read_outbox(acked, limit)?))
+}
+
 /// Runs one sink until the outbox is drained after the sources stopped, or
 /// until the hard stop.
+///
+/// One state-file call per batch: the call that records a batch's
+/// progress (after the sink took it) also trims the outbox and reads the
+/// next batch.
 pub async fn run(
     config: SinkConfig,
     mut sink: Box<dyn Sink>,
     mut ctx: SinkContext,
 ) -> Result<Stopped, StateError> {
     let id = config.id.clone();
+    let limit = config.batch_size;
     let mut acked = {
         let id = id.clone();
         ctx.state.call(move |db| db.acked_seq(&id)).await?
     };
     let mut backoff = Backoff::new(config.retry);
     tracing::info!(sink = %id, kind = config.kind.name(), acked_seq = acked, "sink started");
+    // The batch read together with the last progress update.
+    let mut next: Option<Work> = None;
     loop {
         if ctx.retire.is_cancelled() {
             break;
         }
-        // Dead letters marked for replay go first (`auditrelay dlq replay`).
-        let (sink_id, limit) = (id.clone(), config.batch_size);
-        ctx.health.beat("reading the outbox", READ_BOUND);
-        let replay = ctx
-            .state
-            .call(move |db| db.replay_batch(&sink_id, limit))
-            .await?;
-        if !replay.is_empty() {
-            let delivered = match deliver(&mut *sink, &replay, &mut backoff, &ctx, &id).await {
-                Ok(delivered) => delivered,
-                Err(stopped) => return Ok(stopped),
-            };
-            let rejected: Vec<(i64, String)> = delivered
-                .rejected
-                .into_iter()
-                .map(|(index, reason)| (replay[index].seq, reason))
-                .collect();
-            let ok: Vec<i64> = replay
-                .iter()
-                .map(|r| r.seq)
-                .filter(|dead_id| !rejected.iter().any(|(r, _)| r == dead_id))
-                .collect();
-            tracing::info!(sink = %id, delivered = ok.len(), rejected_again = rejected.len(), "replayed dead letters");
-            ctx.metrics.acknowledged.inc_by(ok.len() as u64);
-            ctx.metrics.dead_lettered.inc_by(rejected.len() as u64);
-            ctx.state
-                .call(move |db| db.settle_replay(&ok, &rejected))
-                .await?;
-            continue;
-        }
-
-        // Marks the current notification as seen before reading, so a
-        // commit that lands after the read wakes the wait below.
-        ctx.stored.borrow_and_update();
-        let batch = ctx
-            .state
-            .call(move |db| db.read_outbox(acked, limit))
-            .await?;
+        let work = match next.take() {
+            Some(work) => work,
+            None => {
+                let sink_id = id.clone();
+                ctx.health.beat("reading the outbox", READ_BOUND);
+                // Marks the current notification as seen before reading, so
+                // a commit that lands after the read wakes the wait below.
+                ctx.stored.borrow_and_update();
+                ctx.state
+                    .call(move |db| next_work(db, &sink_id, acked, limit))
+                    .await?
+            }
+        };
+        let batch = match work {
+            Work::Replay(replay) => {
+                let delivered = match deliver(&mut *sink, &replay, &mut backoff, &ctx, &id).await {
+                    Ok(delivered) => delivered,
+                    Err(stopped) => return Ok(stopped),
+                };
+                let rejected: Vec<(i64, String)> = delivered
+                    .rejected
+                    .into_iter()
+                    .map(|(index, reason)| (replay[index].seq, reason))
+                    .collect();
+                let ok: Vec<i64> = replay
+                    .iter()
+                    .map(|r| r.seq)
+                    .filter(|dead_id| !rejected.iter().any(|(r, _)| r == dead_id))
+                    .collect();
+                tracing::info!(sink = %id, delivered = ok.len(), rejected_again = rejected.len(), "replayed dead letters");
+                ctx.metrics.acknowledged.inc_by(ok.len() as u64);
+                ctx.metrics.dead_lettered.inc_by(rejected.len() as u64);
+                ctx.state
+                    .call(move |db| db.settle_replay(&ok, &rejected))
+                    .await?;
+                continue;
+            }
+            Work::Outbox(batch) => batch,
+        };
         let Some(last) = batch.last().map(|r| r.seq) else {
             if ctx.sources_done.is_cancelled() {
                 break;
@@ -194,8 +223,16 @@ pub async fn run(
         for (record, reason) in &rejected {
             tracing::error!(sink = %id, event_id = %record.event_id, source = %record.source_id, reason = %reason, "event rejected for good; moved to the dead-letter table");
         }
+        // Only one batch at a time in memory: this one goes before the
+        // next is read.
+        let events = batch.len();
+        drop(batch);
         let sink_id = id.clone();
-        let trimmed = ctx
+        // A retiring sink records its progress and reads nothing more.
+        let read_next = !ctx.retire.is_cancelled();
+        ctx.health.beat("recording progress", READ_BOUND);
+        ctx.stored.borrow_and_update();
+        let (trimmed, following) = ctx
             .state
             .call(move |db| {
                 if rejected.is_empty() {
@@ -203,13 +240,20 @@ pub async fn run(
                 } else {
                     db.ack_with_dead_letters(&sink_id, last, &rejected)?;
                 }
-                db.trim_outbox()
+                let trimmed = db.trim_outbox()?;
+                let following = if read_next {
+                    Some(next_work(db, &sink_id, last, limit)?)
+                } else {
+                    None
+                };
+                Ok((trimmed, following))
             })
             .await?;
-        tracing::debug!(sink = %id, acked_seq = last, events = batch.len(), trimmed, "batch acknowledged");
-        ctx.metrics.acknowledged.inc_by((batch.len() - dead) as u64);
+        tracing::debug!(sink = %id, acked_seq = last, events, trimmed, "batch acknowledged");
+        ctx.metrics.acknowledged.inc_by((events - dead) as u64);
         ctx.metrics.dead_lettered.inc_by(dead as u64);
         acked = last;
+        next = following;
     }
     tracing::info!(sink = %id, acked_seq = acked, "sink stopped");
     Ok(Stopped::Done)
@@ -284,4 +328,100 @@ fn json_lines(batch: &[OutboxRecord]) -> Vec<u8> {
         buf.push(b'\n');
     }
     buf
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::health::{Health, Role};
+    use crate::state::{NewEvent, SourceCursor, StateDb};
+
+    /// Takes every batch, refusing the events listed in `refuse` for good.
+    struct Recorder {
+        taken: Arc<Mutex<Vec<i64>>>,
+        refuse: Vec<String>,
+    }
+
+    #[async_trait]
+    impl Sink for Recorder {
+        async fn deliver(&mut self, batch: &[OutboxRecord]) -> Result<Delivered, SinkError> {
+            let mut rejected = Vec::new();
+            for (index, record) in batch.iter().enumerate() {
+                if self.refuse.contains(&record.event_id) {
+                    rejected.push((index, "refused".to_string()));
+                } else {
+                    self.taken.lock().unwrap().push(record.seq);
+                }
+            }
+            Ok(Delivered { rejected })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_drained_outbox_is_delivered_once_in_order_acknowledged_and_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = SharedState::new(StateDb::open(&dir.path().join("state.db")).unwrap());
+        let events: Vec<NewEvent> = (1..=1_234)
+            .map(|i| NewEvent {
+                event_id: i.to_string(),
+                event_time: i,
+                payload: format!("{{\"n\":{i}}}"),
+            })
+            .collect();
+        state
+            .call(move |db| {
+                db.register_sinks(&[("rec".to_string(), "stdout")])?;
+                db.commit_page("a", "asana", &events, &[], &SourceCursor::default())
+            })
+            .await
+            .unwrap();
+        let taken = Arc::new(Mutex::new(Vec::new()));
+        let sink = Recorder {
+            taken: Arc::clone(&taken),
+            refuse: vec!["7".to_string(), "1001".to_string()],
+        };
+        let sources_done = CancellationToken::new();
+        sources_done.cancel();
+        let ctx = SinkContext {
+            state: state.clone(),
+            stored: watch::channel(0).1,
+            sources_done,
+            hard_stop: CancellationToken::new(),
+            shutdown: CancellationToken::new(),
+            retire: CancellationToken::new(),
+            metrics: SinkMetrics::detached("rec", "stdout"),
+            health: Health::new().register(Role::Sink, "rec", "stdout", Duration::ZERO, vec![]),
+            delivery_bound: Duration::from_secs(10),
+        };
+        let config = SinkConfig {
+            id: "rec".to_string(),
+            batch_size: 100,
+            retry: crate::retry::BackoffPolicy::default(),
+            kind: SinkKind::Stdout,
+        };
+        let stopped =
+            tokio::time::timeout(Duration::from_secs(30), run(config, Box::new(sink), ctx))
+                .await
+                .expect("the sink drained the outbox")
+                .unwrap();
+        assert_eq!(stopped, Stopped::Done);
+        let expected: Vec<i64> = (1..=1_234).filter(|s| *s != 7 && *s != 1001).collect();
+        assert_eq!(*taken.lock().unwrap(), expected);
+        let (acked, depth, dead) = state
+            .call(|db| {
+                Ok((
+                    db.acked_seq("rec")?,
+                    db.outbox_depth()?,
+                    db.dead_letters(Some("rec"))?,
+                ))
+            })
+            .await
+            .unwrap();
+        assert_eq!(acked, 1_234);
+        assert_eq!(depth, 0, "every acknowledged row is trimmed");
+        let dead: Vec<&str> = dead.iter().map(|d| d.event_id.as_str()).collect();
+        assert_eq!(dead, ["7", "1001"]);
+    }
 }

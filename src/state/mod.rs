@@ -15,6 +15,7 @@ mod migrate;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -211,6 +212,9 @@ impl StateDb {
         drop(file);
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(30))?;
+        // Every hot statement is prepared once (`prepare_cached`); room for
+        // all of them, so none is evicted and parsed again.
+        conn.set_prepared_statement_cache_capacity(64);
         // WAL: a reader in another process (`state show`) never blocks the
         // daemon's writes. With WAL,
         // synchronous=NORMAL survives any process crash; after a power loss
@@ -417,12 +421,12 @@ impl StateDb {
     }
 
     /// Events in the outbox (rows are deleted as a prefix, so seq bounds it).
+    /// Two index lookups whatever the depth (see [`OUTBOX_DEPTH`]).
     pub fn outbox_depth(&self) -> Result<i64, StateError> {
-        Ok(self.conn.query_row(
-            "SELECT COALESCE(MAX(seq) - MIN(seq) + 1, 0) FROM outbox",
-            [],
-            |row| row.get(0),
-        )?)
+        Ok(self
+            .conn
+            .prepare_cached(OUTBOX_DEPTH)?
+            .query_row([], |row| row.get(0))?)
     }
 
     /// Marks the configured sinks active (registering new ones at the oldest
@@ -630,21 +634,24 @@ impl StateDb {
     /// Records that `sink_id` acknowledged every row up to `seq`. Progress
     /// never moves backwards.
     pub fn ack(&mut self, sink_id: &str, seq: i64) -> Result<(), StateError> {
-        self.conn.execute(
-            "UPDATE sink_progress SET acked_seq = ?2, updated_at = ?3
-             WHERE sink_id = ?1 AND acked_seq < ?2",
-            params![sink_id, seq, unix_ms_now()],
-        )?;
+        self.conn
+            .prepare_cached(
+                "UPDATE sink_progress SET acked_seq = ?2, updated_at = ?3
+                 WHERE sink_id = ?1 AND acked_seq < ?2",
+            )?
+            .execute(params![sink_id, seq, unix_ms_now()])?;
         Ok(())
     }
 
     /// Deletes outbox rows every active sink acknowledged. Returns how many.
     pub fn trim_outbox(&mut self) -> Result<u64, StateError> {
-        let removed = self.conn.execute(
-            "DELETE FROM outbox WHERE seq <=
-                 (SELECT MIN(acked_seq) FROM sink_progress WHERE active = 1)",
-            [],
-        )?;
+        let removed = self
+            .conn
+            .prepare_cached(
+                "DELETE FROM outbox WHERE seq <=
+                     (SELECT MIN(acked_seq) FROM sink_progress WHERE active = 1)",
+            )?
+            .execute([])?;
         Ok(removed as u64)
     }
 
@@ -703,11 +710,11 @@ impl StateDb {
     pub fn summary(&self) -> Result<StateSummary, StateError> {
         let sources = self.cursors()?;
         let sinks = self.sink_progress()?;
-        let (oldest, newest): (Option<i64>, Option<i64>) =
-            self.conn
-                .query_row("SELECT MIN(seq), MAX(seq) FROM outbox", [], |row| {
-                    Ok((row.get(0)?, row.get(1)?))
-                })?;
+        let (oldest, newest): (Option<i64>, Option<i64>) = self.conn.query_row(
+            "SELECT (SELECT MIN(seq) FROM outbox), (SELECT MAX(seq) FROM outbox)",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?;
         let count = |sql: &str| -> Result<i64, StateError> {
             Ok(self.conn.query_row(sql, [], |row| row.get(0))?)
         };
@@ -748,11 +755,8 @@ pub(super) fn store_page(
         // Running payload total, so a sink's backlog in bytes is two
         // lookups instead of a scan (see `observe`).
         let mut cum_bytes: i64 = tx
-            .query_row(
-                "SELECT cum_bytes FROM outbox ORDER BY seq DESC LIMIT 1",
-                [],
-                |row| row.get(0),
-            )
+            .prepare_cached("SELECT cum_bytes FROM outbox ORDER BY seq DESC LIMIT 1")?
+            .query_row([], |row| row.get(0))
             .optional()?
             .unwrap_or(0);
         for event in events {
@@ -787,13 +791,19 @@ pub(super) fn store_page(
     Ok(outcome)
 }
 
+/// The outbox depth. MIN and MAX each in its own subquery: SQLite answers
+/// a lone `MIN(seq)` or `MAX(seq)` from one end of the table's b-tree, but
+/// `SELECT MAX(seq) - MIN(seq)` in one query reads every row.
+const OUTBOX_DEPTH: &str =
+    "SELECT COALESCE((SELECT MAX(seq) FROM outbox) - (SELECT MIN(seq) FROM outbox) + 1, 0)";
+
 pub(super) fn upsert_cursor(
     tx: &rusqlite::Transaction<'_>,
     source_id: &str,
     kind: &str,
     cursor: &SourceCursor,
 ) -> Result<(), StateError> {
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO source_cursor
              (source_id, kind, position, filters_hash, stream_start, last_event_time, last_event_id, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
@@ -802,7 +812,8 @@ pub(super) fn upsert_cursor(
              filters_hash = excluded.filters_hash, stream_start = excluded.stream_start,
              last_event_time = excluded.last_event_time, last_event_id = excluded.last_event_id,
              updated_at = excluded.updated_at",
-        params![
+    )?
+    .execute(params![
             source_id,
             kind,
             cursor.position,
@@ -886,6 +897,11 @@ impl StateLock {
 #[derive(Debug, Clone)]
 pub struct SharedState {
     db: Arc<Mutex<StateDb>>,
+    /// The outbox depth as of the latest page commit or depth query
+    /// through this handle (or its clones); `i64::MAX` before the first.
+    /// Only sinks' trims lower the depth between two of those, so it is
+    /// never below the depth, apart from commits in flight.
+    depth_hint: Arc<AtomicI64>,
 }
 
 impl SharedState {
@@ -898,7 +914,75 @@ impl SharedState {
     pub fn new(db: StateDb) -> Self {
         Self {
             db: Arc::new(Mutex::new(db)),
+            depth_hint: Arc::new(AtomicI64::new(i64::MAX)),
         }
+    }
+
+    /// The outbox depth as of the latest page commit or
+    /// [`SharedState::outbox_depth`] call (`i64::MAX` before the first): at
+    /// least the depth now, less only by commits still in flight. Costs no
+    /// call to the database.
+    pub fn outbox_depth_hint(&self) -> i64 {
+        self.depth_hint.load(Ordering::Relaxed)
+    }
+
+    /// Records a depth just read in the database.
+    fn observed_depth(&self, depth: i64) {
+        self.depth_hint.store(depth, Ordering::Relaxed);
+    }
+
+    /// The outbox depth, read in the database.
+    pub async fn outbox_depth(&self) -> Result<i64, StateError> {
+        let depth = self.call(|db| db.outbox_depth()).await?;
+        self.observed_depth(depth);
+        Ok(depth)
+    }
+
+    /// [`StateDb::commit_page`] on the blocking pool; also notes the outbox
+    /// depth after the commit (see [`SharedState::outbox_depth_hint`]).
+    pub async fn commit_page(
+        &self,
+        source_id: String,
+        kind: &'static str,
+        events: Vec<NewEvent>,
+        quarantined: Vec<Quarantined>,
+        cursor: SourceCursor,
+    ) -> Result<PageOutcome, StateError> {
+        self.committing(move |db| db.commit_page(&source_id, kind, &events, &quarantined, &cursor))
+            .await
+    }
+
+    /// [`StateDb::commit_slice_page`] on the blocking pool; also notes the
+    /// outbox depth after the commit.
+    pub async fn commit_slice_page(
+        &self,
+        source_id: String,
+        events: Vec<NewEvent>,
+        quarantined: Vec<Quarantined>,
+        slice: SliceCursor,
+        finished: bool,
+    ) -> Result<PageOutcome, StateError> {
+        self.committing(move |db| {
+            db.commit_slice_page(&source_id, &events, &quarantined, &slice, finished)
+        })
+        .await
+    }
+
+    /// Runs `commit` and notes the outbox depth after it. Every commit that
+    /// adds to the outbox goes through here, so the noted depth is never
+    /// below the real one (apart from commits in flight).
+    async fn committing<F>(&self, commit: F) -> Result<PageOutcome, StateError>
+    where
+        F: FnOnce(&mut StateDb) -> Result<PageOutcome, StateError> + Send + 'static,
+    {
+        let (outcome, depth) = self
+            .call(move |db| {
+                let outcome = commit(db)?;
+                Ok((outcome, db.outbox_depth()?))
+            })
+            .await?;
+        self.observed_depth(depth);
+        Ok(outcome)
     }
 
     /// Runs `f` with the database on the blocking pool.

@@ -2,12 +2,14 @@
 //! `auth` (basic, certificate and token logins, refresh), `client` (one
 //! page of `GET /events` over a pinned window), `event` (record →
 //! envelope, gap markers), `stream` (windows, overlap, drift-safe paging),
-//! and `catalog` (what each `USR-*` code means).
+//! `pager` (pages requested ahead of the cursor, handed out in offset
+//! order), and `catalog` (what each `USR-*` code means).
 
 pub mod auth;
 pub mod catalog;
 pub mod client;
 pub mod event;
+mod pager;
 mod stream;
 pub mod users;
 
@@ -44,6 +46,7 @@ pub(crate) mod testing {
             },
             event_type: "all".into(),
             page_size: 100,
+            parallel_pages: crate::config::ANAPLAN_PARALLEL_PAGES,
             start_at: StartAt::Lookback(Duration::from_secs(3 * 3600)),
             poll_interval: Duration::from_millis(50),
             request_timeout: Duration::from_secs(10),

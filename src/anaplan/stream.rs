@@ -88,6 +88,17 @@ struct WindowProgress {
     pass: u32,
 }
 
+impl PassKey {
+    /// The pass `window` is in.
+    fn of(window: &WindowProgress) -> Self {
+        Self {
+            from: window.from,
+            to: window.to,
+            pass: window.pass,
+        }
+    }
+}
+
 /// The filter the stored position belongs to.
 fn filters_hash(config: &AnaplanConfig) -> String {
     format!("anaplan:type={}", config.event_type)
@@ -213,11 +224,7 @@ impl AnaplanSource {
                     window
                 }
             };
-            pager.start_pass(PassKey {
-                from: window.from,
-                to: window.to,
-                pass: window.pass,
-            });
+            pager.start_pass(PassKey::of(&window));
             if last_prune.elapsed() >= PRUNE_EVERY {
                 last_prune = tokio::time::Instant::now();
                 self.ctx.prune(&self.config.id).await;
@@ -250,6 +257,13 @@ impl AnaplanSource {
                 {
                     Ok(more) => {
                         pager.committed(count, total);
+                        // A pass or window that ended takes the requests
+                        // still running for it along now, not after the
+                        // poll interval.
+                        match progress.window {
+                            Some(next) => pager.start_pass(PassKey::of(&next)),
+                            None => pager.clear(),
+                        }
                         health.succeeded();
                         self.ctx
                             .metrics
@@ -1068,6 +1082,74 @@ mod tests {
         assert_eq!(second.ctx.metrics.received.get(), EVENTS - stored);
         assert_eq!(second.ctx.metrics.duplicates.get(), 0);
         // Committed strictly in offset order: the outbox is in API order.
+        let ids: Vec<u64> = state
+            .call(|db| db.read_outbox(0, usize::MAX))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|record| record.event_id.parse().unwrap())
+            .collect();
+        assert_eq!(ids, sim.visible_ids());
+        stop.cancel();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_commit_while_pages_run_ahead_loses_nothing_and_keeps_the_order() {
+        use crate::simulator::anaplan::{AnaplanFaults, AnaplanSimConfig};
+        const EVENTS: usize = 1_000;
+        let (sim, url, stop) = super::super::testing::serve(AnaplanSimConfig {
+            backlog: EVENTS as u64,
+            rate: 0.0,
+            max_live: Some(0),
+            late_share: 0.0,
+            epoch: Utc::now() - chrono::Duration::minutes(20),
+            faults: AnaplanFaults {
+                latency: Duration::from_millis(20),
+                ..AnaplanFaults::default()
+            },
+            ..AnaplanSimConfig::default()
+        })
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let state = SharedState::open(&path).unwrap();
+        // Storing the page at offset 300 fails (as a full disk would) until
+        // the trigger is dropped; the pages after it are in flight by then.
+        let failing = sim.visible_ids()[350];
+        let other = rusqlite::Connection::open(&path).unwrap();
+        other.busy_timeout(Duration::from_secs(10)).unwrap();
+        other
+            .execute_batch(&format!(
+                "CREATE TRIGGER fail_page BEFORE INSERT ON outbox WHEN NEW.event_id = '{failing}'
+                 BEGIN SELECT RAISE(ABORT, 'injected'); END;"
+            ))
+            .unwrap();
+        let source = sim_source(&url, &state, 4);
+        let task = tokio::spawn({
+            let source = Arc::clone(&source);
+            async move { source.run().await }
+        });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while !source
+            .ctx
+            .health
+            .record()
+            .last_error
+            .is_some_and(|e| e.contains("storing a page"))
+        {
+            assert!(tokio::time::Instant::now() < deadline, "no commit failed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(state.call(|db| db.outbox_depth()).await.unwrap(), 300);
+        other.execute_batch("DROP TRIGGER fail_page").unwrap();
+        while state.call(|db| db.outbox_depth()).await.unwrap() < EVENTS as i64 {
+            assert!(tokio::time::Instant::now() < deadline, "stuck");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        source.ctx.shutdown.cancel();
+        task.await.unwrap().unwrap();
+        assert_eq!(source.ctx.metrics.received.get(), EVENTS as u64);
+        assert_eq!(source.ctx.metrics.duplicates.get(), 0);
         let ids: Vec<u64> = state
             .call(|db| db.read_outbox(0, usize::MAX))
             .await

@@ -2,8 +2,9 @@
 """The end-to-end benchmark behind scripts/bench (run that, not this).
 
 Runs the release binary as separate processes on loopback: the Asana
-simulator (`auditrelay simulate`), the daemon (`auditrelay run`), a Tansu
-broker for the Kafka rows, and the bare fetch loop (examples/fetch_loop).
+and Anaplan simulators (`auditrelay simulate`), the daemon (`auditrelay
+run`), a Tansu broker for the Kafka rows, and the bare fetch loop
+(examples/fetch_loop).
 Progress goes to stderr; stdout gets the machine, the exact commands and
 configs, and one markdown table.
 
@@ -16,8 +17,13 @@ Environment (scripts/bench documents the same):
                            lag figures (default 2)
   BENCH_POLL_INTERVAL=D    the source's poll_interval in the live rows (default 1s)
   BENCH_BATCH_SIZE=N       sinks' batch_size (default: the daemon's default)
+  BENCH_ANAPLAN_EVENTS=N   backlog of the Anaplan backfill rows (default
+                           200,000; quick 20,000)
+  BENCH_ANAPLAN_LATENCY=D  simulated latency of each Anaplan request
+                           (default 400ms)
   BENCH_SCENARIOS=a,b      subset of: fetch,backfill-file,backfill-kafka,
-                           live-file,live-kafka,slices,serial (default all)
+                           live-file,live-kafka,anaplan-backfill,slices,serial
+                           (default all)
   BENCH_SLICE_EVENTS=N     backlog of the rate-limit rows (default 1,000,000;
                            quick 100,000; the serial row reads 1/20 of it)
   BENCH_SLICE_LATENCY=D    simulated latency per request there (default 400ms)
@@ -56,8 +62,13 @@ LIVE_RATE = float(os.environ.get("BENCH_LIVE_RATE", "500"))
 LIVE_WARMUP = float(os.environ.get("BENCH_LIVE_WARMUP", "2"))
 POLL_INTERVAL = os.environ.get("BENCH_POLL_INTERVAL", "1s")
 BATCH_SIZE = os.environ.get("BENCH_BATCH_SIZE", "")
+ANAPLAN_EVENTS = int(os.environ.get("BENCH_ANAPLAN_EVENTS", "20000" if QUICK else "200000"))
+ANAPLAN_LATENCY = os.environ.get("BENCH_ANAPLAN_LATENCY", "400ms")
+# The daemon's default page size: the rows compare parallel_pages only.
+ANAPLAN_PAGE_SIZE = 1000
 ALL_SCENARIOS = [
-    "fetch", "backfill-file", "backfill-kafka", "live-file", "live-kafka", "slices", "serial",
+    "fetch", "backfill-file", "backfill-kafka", "live-file", "live-kafka", "anaplan-backfill",
+    "slices", "serial",
 ]
 SLICE_EVENTS = int(os.environ.get("BENCH_SLICE_EVENTS", "100000" if QUICK else "1000000"))
 SLICE_LATENCY = os.environ.get("BENCH_SLICE_LATENCY", "400ms")
@@ -93,15 +104,18 @@ def log(message):
     print(f"[bench {stamp}] {message}", file=sys.stderr, flush=True)
 
 
-def parse_duration_ms(text):
+def parse_duration_ms(text, name="BENCH_POLL_INTERVAL"):
     match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m)", text.strip())
     if not match:
-        raise SystemExit(f"BENCH_POLL_INTERVAL: {text!r} is not like 500ms, 1s or 2m")
+        raise SystemExit(f"{name}: {text!r} is not like 500ms, 1s or 2m")
     value, unit = float(match.group(1)), match.group(2)
     return value * {"ms": 1, "s": 1000, "m": 60000}[unit]
 
 
 POLL_MS = parse_duration_ms(POLL_INTERVAL)
+ANAPLAN_LATENCY_MS = parse_duration_ms(ANAPLAN_LATENCY, "BENCH_ANAPLAN_LATENCY")
+# One page at a time at the simulated latency, with room to spare.
+ANAPLAN_TIMEOUT = 60 + 2 * math.ceil(ANAPLAN_EVENTS / ANAPLAN_PAGE_SIZE) * ANAPLAN_LATENCY_MS / 1000
 
 # ------------------------------------------------------- process handling
 
@@ -229,7 +243,9 @@ def http_get(url, timeout=2.0):
 
 
 class Simulator:
-    def __init__(self, scenario, work, extra, rate_limit=1_000_000_000):
+    def __init__(self, scenario, work, extra, anaplan=False, rate_limit=1_000_000_000):
+        """With `anaplan`, `extra` must start the Anaplan simulator too
+        (--anaplan-listen): its URL is `anaplan_url`."""
         self.scenario = scenario
         cmd = [
             BIN, "simulate",
@@ -248,16 +264,40 @@ class Simulator:
             raise RuntimeError(f"simulator did not say where it listens: {line!r}")
         self.base_url = match.group(1)
         self.admin = self.base_url.replace("/api/1.0", "/_sim")
+        self.anaplan_url = None
+        if anaplan:
+            line = self._read_line(30)
+            match = re.search(r"anaplan listening on (http://\S+)", line)
+            if not match:
+                raise RuntimeError(f"simulator did not say where Anaplan listens: {line!r}")
+            self.anaplan_url = match.group(1)
 
     def _read_line(self, limit):
+        """The next line the simulator prints, read from the pipe's file
+        descriptor (not through a buffer that could hold the next line
+        where select() does not see it)."""
+        fd = self.proc.stdout.fileno()
         sel = selectors.DefaultSelector()
-        sel.register(self.proc.stdout, selectors.EVENT_READ)
-        if not sel.select(limit):
-            raise RuntimeError("simulator printed nothing within 30s")
-        return self.proc.stdout.readline().decode()
+        sel.register(fd, selectors.EVENT_READ)
+        deadline = time.monotonic() + limit
+        pending = getattr(self, "_pending", b"")
+        while b"\n" not in pending:
+            left = deadline - time.monotonic()
+            if left <= 0 or not sel.select(left):
+                raise RuntimeError(f"simulator printed no line within {limit}s")
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                raise RuntimeError("simulator exited before printing where it listens")
+            pending += chunk
+        line, self._pending = pending.split(b"\n", 1)
+        sel.close()
+        return line.decode()
 
     def stats(self):
         return json.loads(http_get(self.admin + "/stats"))
+
+    def anaplan_stats(self):
+        return json.loads(http_get(self.anaplan_url + "/_sim/anaplan/stats"))
 
     def cpu(self):
         return cpu_seconds(self.proc.pid)
@@ -321,9 +361,11 @@ class Broker:
         stop(self.proc)
 
 
-def daemon_config(work, sim, broker, source_extra, file_extra=""):
+def daemon_config(work, sim, broker, source_extra, file_extra="", source_table=None):
     """The daemon's configuration file (one source, one sink: a file sink, or
-    Kafka when `broker` is given), its metrics port and its sink's id."""
+    Kafka when `broker` is given), its metrics port and its sink's id. The
+    source is the Asana simulator's workspace unless `source_table` gives
+    another `[sources.bench]` table."""
     metrics_port = free_port()
     batch = f"batch_size = {BATCH_SIZE}\n" if BATCH_SIZE else ""
     if broker is None:
@@ -348,17 +390,34 @@ path = "{work}/state/state.db"
 listen = "127.0.0.1:{metrics_port}"
 [log]
 level = "info"
-[sources.bench]
-kind = "asana"
-base_url = "{sim.base_url}"
-workspace_gid = "{WORKSPACE}"
-token = "{TOKEN}"
-{source_extra}
+{source_table or asana_source(sim)}{source_extra}
 {sink_table}"""
     path = os.path.join(work, "auditrelay.toml")
     with open(path, "w") as f:
         f.write(text)
     return path, metrics_port, ("file" if broker is None else "kafka")
+
+
+def asana_source(sim):
+    return f"""[sources.bench]
+kind = "asana"
+base_url = "{sim.base_url}"
+workspace_gid = "{WORKSPACE}"
+token = "{TOKEN}"
+"""
+
+
+def anaplan_source(sim):
+    # The simulator's default auditor login.
+    return f"""[sources.bench]
+kind = "anaplan"
+auth_url = "{sim.anaplan_url}"
+audit_url = "{sim.anaplan_url}/audit/api/1"
+api_url = "{sim.anaplan_url}/2/0"
+user = "auditor@example.com"
+password = "sim-password"
+page_size = {ANAPLAN_PAGE_SIZE}
+"""
 
 
 class Daemon:
@@ -633,6 +692,116 @@ def run_rate_limited(base, parallel):
         sim.stop()
 
 
+def run_anaplan_backfill(base, parallel_pages):
+    """The daemon reads an Anaplan backlog of ANAPLAN_EVENTS through
+    ANAPLAN_LATENCY per request into a file, with `parallel_pages` (None:
+    the daemon's default, not set in the config)."""
+    setting = "default" if parallel_pages is None else str(parallel_pages)
+    name = f"anaplan backfill → file, parallel_pages={setting}"
+    work = new_workdir(base, f"anaplan-backfill-{setting}")
+    # The backlog ends two hours ago: every event, late-stored ones too, is
+    # visible from the start, so the count to wait for is exact.
+    epoch = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=2)
+    epoch_text = epoch.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    sim = Simulator(
+        name,
+        work,
+        [
+            "--events", "0", "--rate", "0", "--max-live", "0",
+            "--epoch", epoch_text,
+            "--anaplan-listen", "127.0.0.1:0",
+            "--anaplan-events", str(ANAPLAN_EVENTS),
+            "--anaplan-rate", "0",
+            "--anaplan-latency", ANAPLAN_LATENCY,
+            # Far above what any run needs: the rows compare paging, not
+            # Anaplan's (unpublished) limit.
+            "--anaplan-rate-limit", "1000000000",
+        ],
+        anaplan=True,
+    )
+    daemon = None
+    try:
+        file_extra = "max_bytes = 268435456\nmax_files = 1\n"
+        # poll_interval: the window re-read after the backlog (the overlap)
+        # starts after the measurement. The budget far above the requests:
+        # at its default (600/min) it would cap both rows at 10 pages/s.
+        source_extra = 'start_at = "7d"\npoll_interval = "60s"\nrequests_per_minute = 100000000\n'
+        if parallel_pages is not None:
+            source_extra += f"parallel_pages = {parallel_pages}\n"
+        config, port, sink_id = daemon_config(
+            work, sim, None, source_extra, file_extra, source_table=anaplan_source(sim)
+        )
+        daemon = Daemon(name, work, config, port, sink_id)
+        deadline = daemon.started + ANAPLAN_TIMEOUT
+        acked, done_at, stored_at = 0, None, None
+        last_report = time.monotonic()
+        while time.time() < deadline:
+            if not daemon.alive():
+                raise RuntimeError(f"daemon exited early ({daemon.proc.returncode}); see {work}/daemon.log")
+            text = daemon.metrics()
+            acked = daemon.acknowledged(text) or 0
+            if stored_at is None and (daemon.stored(text) or 0) >= ANAPLAN_EVENTS:
+                stored_at = time.time()
+            if acked >= ANAPLAN_EVENTS:
+                done_at = time.time()
+                break
+            if time.monotonic() - last_report > 10:
+                last_report = time.monotonic()
+                log(f"{name}: {acked:.0f} / {ANAPLAN_EVENTS} acknowledged")
+            time.sleep(0.05)
+        end = done_at or time.time()
+        cpu, rss = daemon.cpu(), daemon.rss()
+        stats = sim.anaplan_stats()
+        daemon.stop()
+        wall = end - daemon.started
+        events = stats["by_endpoint"].get("audit_events", {})
+        notes = [
+            f"{ANAPLAN_EVENTS} events, {ANAPLAN_PAGE_SIZE} per page, {ANAPLAN_LATENCY} per request"
+            + (", parallel_pages not set (the daemon's default)" if parallel_pages is None else ""),
+            f"source stored everything after {fmt((stored_at or end) - daemon.started, '.1f')} s, "
+            f"sink acknowledged it after {wall:.1f} s",
+            f"{events.get('200', 0)} pages, most requests at once {stats['max_concurrent_event_requests']}, "
+            f"{stats['by_endpoint'].get('users_list', {}).get('200', 0)} user list pages and "
+            f"{sum(stats['by_endpoint'].get('users_get', {}).values())} user lookups",
+            f"daemon CPU {cpu:.1f} s",
+        ]
+        if done_at is None:
+            notes.append(f"TIMED OUT after {ANAPLAN_TIMEOUT:.0f}s")
+        return {
+            "events": int(acked),
+            "wall": wall,
+            "eps": acked / wall if wall > 0 else 0,
+            "cpu_per_m": cpu / acked * 1e6 if acked else float("nan"),
+            "rss": rss,
+            "complete": done_at is not None,
+            "notes": "; ".join(notes),
+        }
+    finally:
+        if daemon:
+            daemon.stop()
+        sim.stop()
+
+
+def run_anaplan(base):
+    """One page at a time, then the default: two rows, the second with its
+    speed-up over the first."""
+    rows = []
+    for parallel_pages in (1, None):
+        name = f"anaplan backfill → file, parallel_pages={'default' if parallel_pages is None else parallel_pages}"
+        log(f"{name}: starting")
+        try:
+            result = run_anaplan_backfill(base, parallel_pages)
+            log(f"{name}: {result}")
+        except Exception as e:
+            log(f"{name}: failed: {e}\n{traceback.format_exc()}")
+            result = {"error": str(e).splitlines()[0][:200]}
+        rows.append((name, result))
+    (_, serial), (_, parallel) = rows
+    if serial.get("complete") and parallel.get("complete") and serial["eps"] > 0:
+        parallel["speedup"] = parallel["eps"] / serial["eps"]
+    return rows
+
+
 class FileTail:
     """Reads the file sink's output as it grows: each complete line gets the
     wall-clock time of the poll that first saw it."""
@@ -857,6 +1026,10 @@ def table(results, baseline_eps):
                 checks = [f"{r['share']:.0%} of bound"]
             checks.append(f"{mark(r['lost'] == 0 and r['repeated'] == 0)} {r['lost']} lost, {r['repeated']} repeated")
             checks.append(f"{r['limited']} × 429")
+        elif name.startswith("anaplan"):
+            if "speedup" in r:
+                target = "speed-up over parallel_pages=1"
+                checks = [f"{r['speedup']:.2f}×"]
             if not r.get("complete", True):
                 checks.append("✗ incomplete")
         elif name.startswith("backfill"):
@@ -937,6 +1110,7 @@ def run_all(base):
         "live-kafka": ("live tail → kafka", lambda b: run_live(b, "kafka")),
         "slices": ("rate limit: parallel slices", lambda b: run_rate_limited(b, True)),
         "serial": ("rate limit: one stream", lambda b: run_rate_limited(b, False)),
+        "anaplan-backfill": ("anaplan backfill", run_anaplan),
     }
     try:
         for key in ALL_SCENARIOS:
@@ -953,7 +1127,8 @@ def run_all(base):
             except Exception as e:
                 log(f"{name}: failed: {e}\n{traceback.format_exc()}")
                 result = {"error": str(e).splitlines()[0][:200]}
-            results.append((name, result))
+            # A scenario of several rows returns them as (name, result) pairs.
+            results.extend(result if isinstance(result, list) else [(name, result)])
     finally:
         stop_all()
 
@@ -966,7 +1141,8 @@ def run_all(base):
     out.append(
         f"Settings: BENCH_EVENTS={EVENTS} BENCH_LIVE_SECONDS={LIVE_SECONDS:g} "
         f"BENCH_LIVE_RATE={LIVE_RATE:g} BENCH_LIVE_WARMUP={LIVE_WARMUP:g} "
-        f"BENCH_POLL_INTERVAL={POLL_INTERVAL} BENCH_QUICK={int(QUICK)}\n"
+        f"BENCH_POLL_INTERVAL={POLL_INTERVAL} BENCH_ANAPLAN_EVENTS={ANAPLAN_EVENTS} "
+        f"BENCH_ANAPLAN_LATENCY={ANAPLAN_LATENCY} BENCH_QUICK={int(QUICK)}\n"
     )
     current = None
     for scenario, text in COMMANDS:
@@ -1003,6 +1179,12 @@ def run_all(base):
             f"Parallel slices drained the backlog {sliced['eps'] / serial['eps']:.1f}× as fast as one stream"
             f" ({sliced['eps']:,.0f} vs {serial['eps']:,.0f} events/s; bound"
             f" {RATE_LIMIT_BOUND_EPS:,.0f} = {ASANA_RPM}/min × {ASANA_PAGE} per page / 60)."
+        )
+    speedup = next((r["speedup"] for n, r in results if "speedup" in r), None)
+    if speedup is not None:
+        out.append(
+            f"anaplan backfill: parallel_pages default is {speedup:.2f}× as fast as parallel_pages=1"
+            f" ({ANAPLAN_EVENTS:,} events, {ANAPLAN_LATENCY} per request)."
         )
     out.append("")
     for name, r in results:

@@ -634,6 +634,10 @@ async fn drain(sinks: &mut JoinSet<(String, Option<sink::Stopped>)>, closed: &mu
 
 /// A source of any kind.
 #[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per configured source, built once and held in an Arc"
+)]
 enum AnySource {
     Asana(AsanaSource),
     Anaplan(AnaplanSource),

@@ -129,6 +129,7 @@ pub fn config(args: &DemoArgs, base_url: String, anaplan_url: String) -> Config 
                 },
                 event_type: "all".into(),
                 page_size: 1000,
+                parallel_pages: crate::config::ANAPLAN_PARALLEL_PAGES,
                 start_at: StartAt::Lookback(Duration::from_secs(2 * 3600)),
                 poll_interval: Duration::from_secs(2),
                 request_timeout: Duration::from_secs(10),

@@ -4,7 +4,8 @@
 //! Every request carries `Authorization: AnaplanAuthToken <token>`. The
 //! token is refreshed proactively five minutes before it expires (one
 //! refresh at a time); after an unexpected 401 the caller drops it
-//! ([`Auth::invalidate`]) and the next request logs in again, once.
+//! ([`Auth::invalidate_if_current`]) and the next request logs in again,
+//! once.
 
 use std::time::Duration;
 
@@ -130,15 +131,10 @@ impl Auth {
         Ok(header)
     }
 
-    /// Drops the token after a 401 so the next [`Auth::header`] logs in
-    /// again (a pre-issued token cannot be replaced: it is refreshed).
-    pub async fn invalidate(&self) {
-        let mut token = self.token.lock().await;
-        Self::drop_token(&mut token, &self.credentials);
-    }
-
-    /// Like [`Auth::invalidate`], but only if `rejected` is still the token
-    /// in use: concurrent 401s must not discard a token just renewed.
+    /// Drops the token after a 401 with `rejected`, so the next
+    /// [`Auth::header`] logs in again (a pre-issued token cannot be
+    /// replaced: it is refreshed). Only if `rejected` is still the token in
+    /// use: concurrent 401s must not discard a token just renewed.
     pub async fn invalidate_if_current(&self, rejected: &HeaderValue) {
         let mut token = self.token.lock().await;
         let current = token

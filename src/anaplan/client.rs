@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use reqwest::header::{ACCEPT, RETRY_AFTER};
+use reqwest::header::{HeaderValue, ACCEPT, RETRY_AFTER};
 use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -93,9 +93,12 @@ impl AnaplanClient {
     }
 
     /// Fetches the page at `offset` of `window`. A 401 other than the
-    /// missing role logs in again and replays the request, once.
+    /// missing role logs in again and replays the request, once. Safe to
+    /// call concurrently: of several requests rejected with the same token,
+    /// only the first drops it, so they share one new login.
     pub async fn fetch(&self, window: Window, offset: u64) -> Result<Page, SourceError> {
-        match self.fetch_once(window, offset).await {
+        let header = self.auth.header().await?;
+        match self.fetch_with(&header, window, offset).await {
             Err(SourceError::Unauthorized {
                 status: 401,
                 message,
@@ -103,15 +106,21 @@ impl AnaplanClient {
                 // Not after the missing role, and not after the token
                 // service refused the login itself: both would repeat.
                 tracing::info!(error = %message, "anaplan rejected the token; logging in again");
-                self.auth.invalidate().await;
-                self.fetch_once(window, offset).await
+                self.auth.invalidate_if_current(&header).await;
+                let header = self.auth.header().await?;
+                self.fetch_with(&header, window, offset).await
             }
             other => other,
         }
     }
 
-    async fn fetch_once(&self, window: Window, offset: u64) -> Result<Page, SourceError> {
-        let header = self.auth.header().await?;
+    /// One request with `header`, after a token of the budget.
+    async fn fetch_with(
+        &self,
+        header: &HeaderValue,
+        window: Window,
+        offset: u64,
+    ) -> Result<Page, SourceError> {
         self.budget.acquire().await;
         let query = [
             ("type", self.event_type.clone()),
@@ -120,6 +129,8 @@ impl AnaplanClient {
             ("limit", self.page_size.to_string()),
             ("offset", offset.to_string()),
         ];
+        let mut header = header.clone();
+        header.set_sensitive(true);
         let response = api::send(
             self.http
                 .get(&self.events_url)
@@ -242,6 +253,56 @@ mod tests {
             parse_page(br#"{"meta":{}}"#),
             Err(SourceError::Transient(_))
         ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_rejected_together_share_one_new_login() {
+        use crate::simulator::anaplan::{AnaplanEndpoint, AnaplanFaultUpdate, AnaplanSimConfig};
+        let (sim, url, stop) = super::super::testing::serve(AnaplanSimConfig {
+            backlog: 500,
+            rate: 0.0,
+            max_live: Some(0),
+            late_share: 0.0,
+            epoch: Utc::now() - chrono::Duration::minutes(1),
+            ..AnaplanSimConfig::default()
+        })
+        .await;
+        let config = super::super::testing::config(&url);
+        let (client, _auth) =
+            AnaplanClient::new(&config, SourceMetrics::detached("ap", "anaplan")).unwrap();
+        let now = Utc::now().timestamp_millis();
+        let window = Window {
+            from: now - 3 * 3600 * 1000,
+            to: now,
+        };
+        assert_eq!(client.fetch(window, 0).await.unwrap().total, Some(500));
+        assert_eq!(sim.calls(AnaplanEndpoint::TokenAuthenticate), 1);
+        // The token is revoked while five requests use it: each gets a 401.
+        // The budget holds them back a moment after they took the token,
+        // so that none starts after another's new login.
+        sim.update_faults(AnaplanFaultUpdate {
+            revoke_all_tokens: true,
+            ..AnaplanFaultUpdate::default()
+        })
+        .unwrap();
+        client
+            .budget()
+            .penalize(std::time::Duration::from_millis(500));
+        let pages = futures::future::join_all((0..5).map(|i| client.fetch(window, i * 100))).await;
+        for page in pages {
+            assert_eq!(page.unwrap().records.len(), 100);
+        }
+        assert_eq!(
+            sim.calls(AnaplanEndpoint::AuditEvents),
+            11,
+            "the first request and five rejected and replayed ones"
+        );
+        assert_eq!(
+            sim.calls(AnaplanEndpoint::TokenAuthenticate),
+            2,
+            "one login for all requests rejected with the same token"
+        );
+        stop.cancel();
     }
 
     #[test]

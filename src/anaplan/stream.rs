@@ -10,10 +10,17 @@
 //! - A window is paged by `limit`/`offset`. Events inserted while paging
 //!   shift the offsets: repeats are dropped by dedup, and the ones that
 //!   landed before the current offset are caught by reading the window
-//!   again until a pass sees the same `totalSize` from start to end and
+//!   again until a pass sees the same `totalSize` on every page and
 //!   received as many records as that.
+//! - Once the first page of a pass told `totalSize`, the pages after the
+//!   cursor are requested together, up to `parallel_pages` at a time
+//!   ([`Pager`]), and committed strictly in offset order. Pages requested
+//!   together come from slightly different moments, which is why every
+//!   page's `totalSize` is compared, not only the first and the last.
 //! - Progress (window, offset, pass) is stored with every page, so a
-//!   restart resumes mid-window.
+//!   restart resumes mid-window. It is the first offset not committed:
+//!   pages fetched ahead of it are dropped on a stop, a crash or a failed
+//!   commit, and asked again.
 //! - When the point read through is older than the 30-day retention (a
 //!   long outage), the span lost upstream is counted, logged, and emitted
 //!   as a gap marker event.
@@ -27,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use super::auth::Auth;
 use super::client::{AnaplanClient, Page, Window, ROLE_MISSING};
 use super::event::{self, Origin};
+use super::pager::{Arrival, Pager, PassKey};
 use super::users::{AnaplanUsers, AuthHeader};
 use crate::config::{AnaplanConfig, AnaplanCredentials, StartAt};
 use crate::enrich::{Enricher, Users};
@@ -70,9 +78,25 @@ struct WindowProgress {
     offset: u64,
     /// `totalSize` on the first page of this pass.
     first_total: Option<u64>,
+    /// A later page of this pass told another `totalSize` (pages requested
+    /// together come from slightly different moments: any of them may be
+    /// the one that saw the window change).
+    #[serde(default)]
+    total_changed: bool,
     /// Records received in this pass.
     received: u64,
     pass: u32,
+}
+
+impl PassKey {
+    /// The pass `window` is in.
+    fn of(window: &WindowProgress) -> Self {
+        Self {
+            from: window.from,
+            to: window.to,
+            pass: window.pass,
+        }
+    }
 }
 
 /// The filter the stored position belongs to.
@@ -84,7 +108,8 @@ fn filters_hash(config: &AnaplanConfig) -> String {
 #[derive(Debug)]
 pub struct AnaplanSource {
     config: AnaplanConfig,
-    client: AnaplanClient,
+    /// Shared with the page requests running ahead of the cursor.
+    client: Arc<AnaplanClient>,
     auth: Arc<Auth>,
     /// `None` when `[enrich] enabled = false`.
     enricher: Option<Enricher>,
@@ -120,7 +145,7 @@ impl AnaplanSource {
         ctx.metrics.paused.set(0);
         Ok(Self {
             config,
-            client,
+            client: Arc::new(client),
             auth,
             enricher,
             ctx,
@@ -139,6 +164,13 @@ impl AnaplanSource {
 
     /// Polls until shutdown. API errors never end the loop; only a state
     /// file that cannot be read or written does.
+    ///
+    /// Each turn requests what the [`Pager`] plans from the cursor (up to
+    /// `parallel_pages` pages, running or arrived), then commits the page
+    /// at the cursor if it arrived, or else waits for the next answer. So
+    /// the pages after the cursor are downloading while it commits. A
+    /// failed request is counted and waited for once however many of the
+    /// pages in flight it hit, then made again: the cursor never passes it.
     pub async fn run(&self) -> Result<(), StateError> {
         let id = self.config.id.clone();
         let (mut cursor, mut progress) = self.load_cursor().await?;
@@ -158,11 +190,24 @@ impl AnaplanSource {
                 }
             })
         });
+        // Pages requested ahead of the cursor; dropped (and their requests
+        // aborted) whenever the loop ends.
+        let mut pager: Pager<Page, SourceError> = Pager::new(self.config.parallel_pages);
         let health = &self.ctx.health;
-        tracing::info!(source = %id, resuming = cursor.last_event_time.is_some(), "anaplan source started");
+        tracing::info!(
+            source = %id,
+            resuming = cursor.last_event_time.is_some(),
+            parallel_pages = self.config.parallel_pages,
+            "anaplan source started"
+        );
+        // Once per page: before the first request and after each commit.
+        let mut check_room = true;
         while !shutdown.is_cancelled() {
-            if !self.ctx.wait_for_outbox_room(&self.config.id).await? {
-                break;
+            if check_room {
+                if !self.ctx.wait_for_outbox_room(&self.config.id).await? {
+                    break;
+                }
+                check_room = false;
             }
             // A window that started reading before a long outage may have
             // slid out of retention meanwhile: what is gone is a gap, and
@@ -179,65 +224,120 @@ impl AnaplanSource {
                     window
                 }
             };
+            pager.start_pass(PassKey::of(&window));
             if last_prune.elapsed() >= PRUNE_EVERY {
                 last_prune = tokio::time::Instant::now();
                 self.ctx.prune(&self.config.id).await;
             }
-            if !self.ctx.wait_for_budget(self.client.budget()).await {
+            // Nothing in flight or in hand: wait here for the budget (after
+            // a 429, or while user lookups used it), so that the heartbeat
+            // says so. Requests made while others run wait in the budget.
+            if !pager.has_arrived(window.offset)
+                && pager.running() == 0
+                && !self.ctx.wait_for_budget(self.client.budget()).await
+            {
                 break;
+            }
+            let span = Window {
+                from: window.from,
+                to: window.to,
+            };
+            pager.request(window.offset, |offset| {
+                let client = Arc::clone(&self.client);
+                async move { client.fetch(span, offset).await }
+            });
+            // The page at the cursor commits as soon as it is there.
+            if let Some(page) = pager.take(window.offset) {
+                check_room = true;
+                let (count, total) = (page.records.len() as u64, page.total);
+                health.beat("committing a page", COMMIT_BOUND);
+                let delay = match self
+                    .store_page(&mut cursor, &mut progress, window, page)
+                    .await
+                {
+                    Ok(more) => {
+                        pager.committed(count, total);
+                        // A pass or window that ended takes the requests
+                        // still running for it along now, not after the
+                        // poll interval.
+                        match progress.window {
+                            Some(next) => pager.start_pass(PassKey::of(&next)),
+                            None => pager.clear(),
+                        }
+                        health.succeeded();
+                        self.ctx
+                            .metrics
+                            .last_success
+                            .set(crate::metrics::unix_seconds(Utc::now().timestamp_millis()));
+                        if more {
+                            None
+                        } else {
+                            health.caught_up();
+                            Some(("waiting for the next poll", self.config.poll_interval))
+                        }
+                    }
+                    Err(e) => {
+                        self.ctx.metrics.error("state");
+                        health.failed(&format!("storing a page: {e}"));
+                        tracing::error!(source = %id, error = %e, "storing a page failed");
+                        // Nothing moved: the same page is asked again, and
+                        // the pages fetched ahead of it are dropped.
+                        progress = self.stored_progress(&cursor);
+                        pager.clear();
+                        Some(("backing off", backoff.next_delay()))
+                    }
+                };
+                if let Some((doing, delay)) = delay {
+                    health.beat(doing, delay + BEAT_SLACK);
+                    if !sleep_or_cancel(delay, &shutdown).await {
+                        break;
+                    }
+                }
+                continue;
             }
             // A fetch may log in (twice after a 401) and wait for the
             // budget if a user lookup met a 429 meanwhile.
             health.beat(
-                "fetching a page",
+                "fetching pages",
                 self.config.request_timeout * 5 + crate::retry::MAX_RATE_LIMIT_WAIT + BEAT_SLACK,
             );
-            let fetched = tokio::select! {
-                fetched = self.client.fetch(Window { from: window.from, to: window.to }, window.offset) => fetched,
+            let arrival = tokio::select! {
+                arrival = pager.next() => arrival,
                 () = shutdown.cancelled() => break,
             };
-            let delay = match fetched {
-                Ok(page) => {
+            let delay = match arrival {
+                Some(Arrival::Page { offset }) => {
+                    tracing::trace!(source = %id, offset, cursor = window.offset, "page arrived");
                     backoff.reset();
-                    health.beat("committing a page", COMMIT_BOUND);
-                    match self
-                        .store_page(&mut cursor, &mut progress, window, page)
-                        .await
-                    {
-                        Ok(more) => {
-                            health.succeeded();
-                            self.ctx
-                                .metrics
-                                .last_success
-                                .set(crate::metrics::unix_seconds(Utc::now().timestamp_millis()));
-                            if more {
-                                None
-                            } else {
-                                health.caught_up();
-                                Some(self.config.poll_interval)
-                            }
-                        }
-                        Err(e) => {
-                            self.ctx.metrics.error("state");
-                            health.failed(&format!("storing a page: {e}"));
-                            tracing::error!(source = %id, error = %e, "storing a page failed");
-                            // Nothing moved: the same page is asked again.
-                            progress = self.stored_progress(&cursor);
-                            Some(backoff.next_delay())
-                        }
-                    }
+                    None
                 }
-                Err(error) => {
+                None => None,
+                Some(Arrival::Failed {
+                    offset,
+                    error,
+                    fresh: false,
+                }) => {
+                    // A request sent before the failure just waited for:
+                    // the same trouble. Counted; asked again at once.
+                    self.ctx.metrics.error(error.class());
+                    tracing::debug!(source = %id, offset, error = %error, "a page requested before the last failure failed too; asking again");
+                    None
+                }
+                Some(Arrival::Failed {
+                    error, fresh: true, ..
+                }) => {
                     // The API refuses this window (a 400): compute it anew
                     // next time rather than repeat it forever.
                     if matches!(error, SourceError::Rejected { .. }) {
                         progress.window = None;
+                        pager.clear();
                     }
+                    pager.failure_handled();
                     Some(self.on_error(error, &mut backoff))
                 }
             };
             if let Some(delay) = delay {
-                health.beat("waiting for the next poll", delay + BEAT_SLACK);
+                health.beat("waiting after a failure", delay + BEAT_SLACK);
                 if !sleep_or_cancel(delay, &shutdown).await {
                     break;
                 }
@@ -344,6 +444,7 @@ impl AnaplanSource {
             to: now.max(base.max(floor)),
             offset: 0,
             first_total: None,
+            total_changed: false,
             received: 0,
             pass: 1,
         })
@@ -427,22 +528,31 @@ impl AnaplanSource {
         if window.first_total.is_none() {
             window.first_total = page.total;
         }
+        if let (Some(first), Some(total)) = (window.first_total, page.total) {
+            window.total_changed |= first != total;
+        }
         let total = page.total.unwrap_or(window.offset);
         let mut more = !end_of_pass;
         if end_of_pass {
-            // Stable: the same `totalSize` at the start and the end of the
-            // pass, and that many records received (nothing shifted).
-            // Without paging data there is nothing to compare.
-            let stable = match (window.first_total, page.total) {
-                (Some(first), Some(last)) => first == last && window.received == last,
-                _ => true,
-            };
+            // Stable: every page of the pass told the same `totalSize`, and
+            // that many records were received (nothing shifted). Comparing
+            // only the first and the last page is not enough once pages are
+            // requested together: the last page may have been answered
+            // before an insert that a middle page saw, and the records that
+            // insert pushed past the middle page would be missed. Without
+            // paging data there is nothing to compare.
+            let stable = !window.total_changed
+                && match (window.first_total, page.total) {
+                    (Some(first), Some(last)) => first == last && window.received == last,
+                    _ => true,
+                };
             if !stable && window.pass >= MAX_PASSES {
                 tracing::warn!(
                     source = %self.config.id,
                     passes = window.pass,
                     first_total = window.first_total,
                     total,
+                    total_changed = window.total_changed,
                     received = window.received,
                     "the window kept changing while it was read; accepting it (the next poll's overlap reads again from the newest event)"
                 );
@@ -454,12 +564,14 @@ impl AnaplanSource {
                     pass = window.pass,
                     first_total = window.first_total,
                     total,
+                    total_changed = window.total_changed,
                     received = window.received,
                     "the window changed while it was read; reading it again"
                 );
                 window = WindowProgress {
                     offset: 0,
                     first_total: None,
+                    total_changed: false,
                     received: 0,
                     pass: window.pass + 1,
                     ..window
@@ -586,37 +698,30 @@ mod tests {
     use crate::retry::BackoffPolicy;
     use crate::state::SharedState;
 
-    fn source(dir: &std::path::Path) -> AnaplanSource {
-        let config = AnaplanConfig {
-            id: "ap".into(),
-            auth_url: "http://127.0.0.1:9".into(),
-            audit_url: "http://127.0.0.1:9/audit/api/1".into(),
-            api_url: "http://127.0.0.1:9/2/0".into(),
-            credentials: AnaplanCredentials::Token(crate::secret::Secret::new("t0ken-value")),
-            event_type: "all".into(),
-            page_size: 100,
-            start_at: StartAt::Lookback(Duration::from_secs(3600)),
-            poll_interval: Duration::from_secs(1),
-            request_timeout: Duration::from_secs(1),
-            overlap: Duration::from_secs(600),
-            retry: BackoffPolicy::default(),
-            slow_retry_interval: Duration::from_secs(1),
-            requests_per_minute: 600,
-            enrich: crate::enrich::EnrichConfig {
-                enabled: false,
-                ..crate::enrich::EnrichConfig::default()
-            },
-        };
-        let ctx = SourceContext {
-            state: SharedState::open(&dir.join("state.db")).unwrap(),
+    fn context(state: SharedState) -> SourceContext {
+        SourceContext {
+            state,
             stored: Arc::new(tokio::sync::watch::channel(0).0),
             shutdown: tokio_util::sync::CancellationToken::new(),
-            max_outbox_events: Arc::new(std::sync::atomic::AtomicU64::new(1000)),
+            max_outbox_events: Arc::new(std::sync::atomic::AtomicU64::new(1_000_000)),
             dedup_window: Duration::from_secs(86400),
             metrics: SourceMetrics::detached("ap", "anaplan"),
             health: Health::new().register(Role::Source, "ap", "anaplan", Duration::ZERO, vec![]),
+        }
+    }
+
+    fn source(dir: &std::path::Path) -> AnaplanSource {
+        let config = AnaplanConfig {
+            credentials: AnaplanCredentials::Token(crate::secret::Secret::new("t0ken-value")),
+            start_at: StartAt::Lookback(Duration::from_secs(3600)),
+            poll_interval: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(1),
+            retry: BackoffPolicy::default(),
+            requests_per_minute: 600,
+            ..super::super::testing::config("http://127.0.0.1:9")
         };
-        AnaplanSource::new(config, ctx).unwrap()
+        let state = SharedState::open(&dir.join("state.db")).unwrap();
+        AnaplanSource::new(config, context(state)).unwrap()
     }
 
     #[tokio::test]
@@ -732,6 +837,7 @@ mod tests {
             to: 10_000,
             offset: 0,
             first_total: None,
+            total_changed: false,
             received: 0,
             pass: 1,
         };
@@ -773,6 +879,7 @@ mod tests {
             to: 10_000,
             offset: 0,
             first_total: None,
+            total_changed: false,
             received: 0,
             pass: 1,
         };
@@ -833,5 +940,224 @@ mod tests {
             .unwrap();
         let marker: serde_json::Value = serde_json::from_str(&outbox[0].payload).unwrap();
         assert_eq!(marker["gap"]["from"], format_time(now - 47 * day));
+    }
+
+    #[tokio::test]
+    async fn a_pass_whose_middle_page_saw_another_total_is_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = source(dir.path());
+        let mut cursor = SourceCursor {
+            position: None,
+            filters_hash: filters_hash(&source.config),
+            stream_start: Some(0),
+            last_event_time: None,
+            last_event_id: None,
+        };
+        let mut progress = Progress::default();
+        let window = WindowProgress {
+            from: 0,
+            to: 10_000,
+            offset: 0,
+            first_total: None,
+            total_changed: false,
+            received: 0,
+            pass: 1,
+        };
+        // Pages requested together: the middle one was answered after an
+        // event was inserted before it (301), the last one before (300).
+        // First and last agree and 300 records arrived, yet the record the
+        // insert pushed from the middle page into the last one was missed.
+        source
+            .store_page(&mut cursor, &mut progress, window, page(0..100, Some(300)))
+            .await
+            .unwrap();
+        let window = progress.window.unwrap();
+        source
+            .store_page(&mut cursor, &mut progress, window, page(99..199, Some(301)))
+            .await
+            .unwrap();
+        let window = progress.window.unwrap();
+        assert!(window.total_changed);
+        let more = source
+            .store_page(
+                &mut cursor,
+                &mut progress,
+                window,
+                page(200..300, Some(300)),
+            )
+            .await
+            .unwrap();
+        assert!(more);
+        let window = progress.window.unwrap();
+        assert_eq!(
+            (window.pass, window.offset, window.total_changed),
+            (2, 0, false),
+            "the window is read again"
+        );
+        assert_eq!(progress.read_to, None);
+    }
+
+    #[test]
+    fn a_position_stored_before_total_changed_existed_still_reads() {
+        let stored = r#"{"read_to":5,"window":{"from":1,"to":9,"offset":200,"first_total":700,"received":200,"pass":2}}"#;
+        let progress: Progress = serde_json::from_str(stored).unwrap();
+        let window = progress.window.unwrap();
+        assert_eq!((window.offset, window.pass), (200, 2));
+        assert!(!window.total_changed);
+    }
+
+    /// A source reading `url` (the simulator) into `state`.
+    fn sim_source(url: &str, state: &SharedState, parallel_pages: u32) -> Arc<AnaplanSource> {
+        let config = AnaplanConfig {
+            parallel_pages,
+            // Once a window is read, no poll reads its overlap again
+            // before the test stops the source.
+            poll_interval: Duration::from_secs(600),
+            ..super::super::testing::config(url)
+        };
+        Arc::new(AnaplanSource::new(config, context(state.clone())).unwrap())
+    }
+
+    /// Runs `source` until the outbox holds `until` events, then stops it.
+    async fn run_until(source: &Arc<AnaplanSource>, state: &SharedState, until: i64) {
+        let task = tokio::spawn({
+            let source = Arc::clone(source);
+            async move { source.run().await }
+        });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let depth = state.call(|db| db.outbox_depth()).await.unwrap();
+            if depth >= until {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "stuck at {depth} events"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        source.ctx.shutdown.cancel();
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_parallel_backfill_stops_and_resumes_without_repeats_or_gaps() {
+        use crate::simulator::anaplan::{AnaplanFaults, AnaplanSimConfig};
+        const EVENTS: u64 = 2_050;
+        let (sim, url, stop) = super::super::testing::serve(AnaplanSimConfig {
+            backlog: EVENTS,
+            rate: 0.0,
+            max_live: Some(0),
+            late_share: 0.0,
+            epoch: Utc::now() - chrono::Duration::minutes(20),
+            // Requests take a while, so a stop finds pages running ahead.
+            faults: AnaplanFaults {
+                latency: Duration::from_millis(20),
+                ..AnaplanFaults::default()
+            },
+            ..AnaplanSimConfig::default()
+        })
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let state = SharedState::open(&dir.path().join("state.db")).unwrap();
+
+        let first = sim_source(&url, &state, 4);
+        run_until(&first, &state, 700).await;
+        let stored = state.call(|db| db.outbox_depth()).await.unwrap() as u64;
+        assert!(stored < EVENTS, "the first run read everything: {stored}");
+        assert!(
+            sim.max_concurrent_event_requests() > 1,
+            "the pages were not requested together"
+        );
+        // The stored cursor is the first offset not committed; what was
+        // fetched ahead of it is gone with the first run.
+        let cursor = state.call(|db| db.cursor("ap")).await.unwrap().unwrap();
+        let progress: Progress = serde_json::from_str(cursor.position.as_deref().unwrap()).unwrap();
+        assert_eq!(progress.window.map(|w| w.offset), Some(stored));
+
+        let second = sim_source(&url, &state, 4);
+        run_until(&second, &state, EVENTS as i64).await;
+        // The second run started exactly after the last committed page: it
+        // received each remaining event once and none of the first run's.
+        assert_eq!(second.ctx.metrics.received.get(), EVENTS - stored);
+        assert_eq!(second.ctx.metrics.duplicates.get(), 0);
+        // Committed strictly in offset order: the outbox is in API order.
+        let ids: Vec<u64> = state
+            .call(|db| db.read_outbox(0, usize::MAX))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|record| record.event_id.parse().unwrap())
+            .collect();
+        assert_eq!(ids, sim.visible_ids());
+        stop.cancel();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_commit_while_pages_run_ahead_loses_nothing_and_keeps_the_order() {
+        use crate::simulator::anaplan::{AnaplanFaults, AnaplanSimConfig};
+        const EVENTS: usize = 1_000;
+        let (sim, url, stop) = super::super::testing::serve(AnaplanSimConfig {
+            backlog: EVENTS as u64,
+            rate: 0.0,
+            max_live: Some(0),
+            late_share: 0.0,
+            epoch: Utc::now() - chrono::Duration::minutes(20),
+            faults: AnaplanFaults {
+                latency: Duration::from_millis(20),
+                ..AnaplanFaults::default()
+            },
+            ..AnaplanSimConfig::default()
+        })
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let state = SharedState::open(&path).unwrap();
+        // Storing the page at offset 300 fails (as a full disk would) until
+        // the trigger is dropped; the pages after it are in flight by then.
+        let failing = sim.visible_ids()[350];
+        let other = rusqlite::Connection::open(&path).unwrap();
+        other.busy_timeout(Duration::from_secs(10)).unwrap();
+        other
+            .execute_batch(&format!(
+                "CREATE TRIGGER fail_page BEFORE INSERT ON outbox WHEN NEW.event_id = '{failing}'
+                 BEGIN SELECT RAISE(ABORT, 'injected'); END;"
+            ))
+            .unwrap();
+        let source = sim_source(&url, &state, 4);
+        let task = tokio::spawn({
+            let source = Arc::clone(&source);
+            async move { source.run().await }
+        });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while !source
+            .ctx
+            .health
+            .record()
+            .last_error
+            .is_some_and(|e| e.contains("storing a page"))
+        {
+            assert!(tokio::time::Instant::now() < deadline, "no commit failed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(state.call(|db| db.outbox_depth()).await.unwrap(), 300);
+        other.execute_batch("DROP TRIGGER fail_page").unwrap();
+        while state.call(|db| db.outbox_depth()).await.unwrap() < EVENTS as i64 {
+            assert!(tokio::time::Instant::now() < deadline, "stuck");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        source.ctx.shutdown.cancel();
+        task.await.unwrap().unwrap();
+        assert_eq!(source.ctx.metrics.received.get(), EVENTS as u64);
+        assert_eq!(source.ctx.metrics.duplicates.get(), 0);
+        let ids: Vec<u64> = state
+            .call(|db| db.read_outbox(0, usize::MAX))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|record| record.event_id.parse().unwrap())
+            .collect();
+        assert_eq!(ids, sim.visible_ids());
+        stop.cancel();
     }
 }

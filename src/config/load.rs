@@ -639,6 +639,15 @@ impl Loader {
                 format!("{page_size} is outside 1..=10000"),
             );
         }
+        let parallel_pages = raw
+            .parallel_pages
+            .unwrap_or(crate::config::ANAPLAN_PARALLEL_PAGES);
+        if !(1..=16).contains(&parallel_pages) {
+            self.problem(
+                format!("{key}.parallel_pages"),
+                format!("{parallel_pages} is outside 1..=16"),
+            );
+        }
         let start_at = self.start_at(key, raw.start_at.as_deref());
         let poll_interval = self.positive(key, "poll_interval", raw.poll_interval, 60);
         let request_timeout = self.positive(key, "request_timeout", raw.request_timeout, 60);
@@ -669,6 +678,7 @@ impl Loader {
             credentials: credentials?,
             event_type,
             page_size,
+            parallel_pages,
             start_at,
             poll_interval,
             request_timeout,

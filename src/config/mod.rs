@@ -180,6 +180,10 @@ pub struct AnaplanConfig {
     pub event_type: String,
     /// `limit` of each request, 1..=10000.
     pub page_size: u32,
+    /// Pages of a window requested at once, 1..=16 (default 4): once a page
+    /// told the total, the pages after the cursor are requested together,
+    /// and committed in offset order.
+    pub parallel_pages: u32,
     /// Where the first run starts (clamped to the 30-day retention).
     pub start_at: StartAt,
     /// Sleep between polls once caught up.
@@ -195,6 +199,9 @@ pub struct AnaplanConfig {
     pub requests_per_minute: u32,
     pub enrich: EnrichConfig,
 }
+
+/// Anaplan pages requested at once unless configured.
+pub const ANAPLAN_PARALLEL_PAGES: u32 = 4;
 
 /// Anaplan publishes no limit for its APIs; 600 requests per minute per
 /// tenant is the commonly cited one (audit-apis.md §1.13).

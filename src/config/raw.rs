@@ -74,6 +74,7 @@ pub(super) struct Anaplan {
     pub(super) token_credential: Option<String>,
     pub(super) event_type: Option<String>,
     pub(super) page_size: Option<u32>,
+    pub(super) parallel_pages: Option<u32>,
     pub(super) start_at: Option<String>,
     #[serde(default, with = "humantime_serde")]
     pub(super) poll_interval: Option<Duration>,

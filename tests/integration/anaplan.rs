@@ -1,6 +1,6 @@
 //! The Anaplan source against the Anaplan simulator on loopback: paging
-//! with offset drift and late events, token expiry, the role gate,
-//! certificate logins, ids above 2^53.
+//! with offset drift and late events, pages requested in parallel, token
+//! expiry, the role gate, certificate logins, ids above 2^53.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -193,6 +193,95 @@ fn five_thousand_events_with_drift_and_late_arrivals_arrive_once_each() {
         .any(|l| l["code"]["category"] == "authentication"));
 }
 
+/// Reads a 4,000-event backlog `parallel_pages` at a time through slow
+/// pages, offset drift, events stored late, 429s, 5xx, truncated and HTML
+/// pages. Every event the API has arrives exactly once, and nothing else.
+/// Returns the simulator's statistics.
+fn read_through_faults(seed: u64, parallel_pages: u32) -> serde_json::Value {
+    const BACKLOG: u64 = 4000;
+    let sim = Anaplan::start(AnaplanSimConfig {
+        seed,
+        backlog: BACKLOG,
+        backlog_span: Duration::from_secs(2 * 3600),
+        rate: 0.0,
+        max_live: Some(0),
+        late_share: 0.05,
+        max_late: Duration::from_secs(15),
+        ..AnaplanSimConfig::default()
+    });
+    sim.faults(AnaplanFaultUpdate {
+        latency: Some(Duration::from_millis(60)),
+        drift_next: Some(5),
+        drift_events: Some(4),
+        rate_limit_next: Some(3),
+        fail_next: Some(2),
+        truncate_next: Some(2),
+        html_next: Some(1),
+        ..AnaplanFaultUpdate::default()
+    });
+    let work = Workdir::new();
+    let config = config(
+        &work,
+        &sim,
+        &basic(AUDITOR),
+        &format!("parallel_pages = {parallel_pages}"),
+    );
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "page_size = 500\n",
+        "page_size = 200\n",
+        1,
+    );
+    let config = work.write_config(&text);
+    let daemon = Daemon::start(&config, work.path("daemon.log"));
+    // Every timeline event visible (the late ones too) and every event the
+    // drift inserted, all delivered.
+    wait_until(
+        Duration::from_secs(120),
+        "every event, late ones included",
+        || {
+            let drift = sim.stats()["drift_events"].as_u64().unwrap_or(0);
+            let expected = sim.ids();
+            expected.len() as u64 == BACKLOG + drift
+                && Delivered::read(&work.out()).unique().is_superset(&expected)
+        },
+    );
+    assert!(daemon.terminate().success());
+    let delivered = Delivered::read(&work.out());
+    assert_eq!(delivered.duplicates(), 0, "an event was delivered twice");
+    let unknown: Vec<_> = delivered.unique().difference(&sim.ids()).cloned().collect();
+    assert!(
+        unknown.is_empty(),
+        "delivered events the API does not have: {unknown:?}"
+    );
+    let stats = sim.stats();
+    let events = &stats["by_endpoint"]["audit_events"];
+    for (status, what) in [("429", "rate limit"), ("500", "server error")] {
+        assert!(
+            events[status].as_u64().unwrap_or(0) > 0,
+            "no {what} happened: {stats}"
+        );
+    }
+    assert!(stats["drift_events"].as_u64().unwrap_or(0) > 0, "{stats}");
+    assert_eq!(stats["truncated_responses"], 2, "{stats}");
+    stats
+}
+
+#[test]
+fn pages_requested_together_survive_drift_late_events_and_faults() {
+    let stats = read_through_faults(11, 4);
+    let most = stats["max_concurrent_event_requests"].as_u64().unwrap();
+    assert!(
+        (2..=4).contains(&most),
+        "{most} requests at once with parallel_pages = 4"
+    );
+}
+
+#[test]
+fn with_parallel_pages_1_requests_never_overlap() {
+    let stats = read_through_faults(12, 1);
+    assert_eq!(stats["max_concurrent_event_requests"], 1, "{stats}");
+}
+
 #[test]
 fn an_expiring_token_is_renewed_and_nothing_is_lost() {
     let sim = Anaplan::start(AnaplanSimConfig {
@@ -204,9 +293,10 @@ fn an_expiring_token_is_renewed_and_nothing_is_lost() {
         late_share: 0.0,
         ..AnaplanSimConfig::default()
     });
-    // Slow pages, so the stream outlives several tokens.
+    // Slow pages, so the stream outlives several tokens even with four
+    // pages in flight.
     sim.faults(AnaplanFaultUpdate {
-        latency: Some(Duration::from_millis(150)),
+        latency: Some(Duration::from_millis(400)),
         ..AnaplanFaultUpdate::default()
     });
     let work = Workdir::new();
@@ -217,7 +307,7 @@ fn an_expiring_token_is_renewed_and_nothing_is_lost() {
     };
     let daemon = Daemon::start(&config, work.path("daemon.log"));
     // Mid-stream, every token is revoked: the next request gets a 401, logs
-    // in again and is replayed.
+    // in again and is replayed (the requests in flight share one login).
     wait_until(Duration::from_secs(60), "the first events", || {
         Delivered::total(&work.out()) >= 500
     });
@@ -253,8 +343,11 @@ fn an_expiring_token_is_renewed_and_nothing_is_lost() {
         renewals >= 3,
         "only {renewals} logins and refreshes over many token lifetimes"
     );
+    // A request carrying the revoked token (a 401, replayed), or the
+    // refresh due meanwhile, found it revoked: either way, a new login.
     assert!(
-        daemon_logs.contains("anaplan rejected the token; logging in again"),
+        sim.sim.calls(AnaplanEndpoint::TokenAuthenticate) >= 2
+            && daemon_logs.contains("logging in again"),
         "no re-login after the revocation:\n{daemon_logs}"
     );
     let delivered = Delivered::read(&work.out());
@@ -328,7 +421,7 @@ fn anaplan_config_errors_name_their_keys() {
         &work,
         &sim,
         &login,
-        "event_type = \"user-activity\"\npage_size = 20000\noverlap = \"2d\"",
+        "event_type = \"user-activity\"\npage_size = 20000\noverlap = \"2d\"\nparallel_pages = 17",
     );
     let text = std::fs::read_to_string(&config)
         .unwrap()
@@ -344,6 +437,7 @@ fn anaplan_config_errors_name_their_keys() {
         "sources.anaplan_it.event_type: \"user-activity\" is not one of",
         "sources.anaplan_it.page_size: 20000 is outside 1..=10000",
         "sources.anaplan_it.overlap: at most 1d",
+        "sources.anaplan_it.parallel_pages: 17 is outside 1..=16",
     ] {
         assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
     }
@@ -516,7 +610,8 @@ fn a_pre_issued_token_is_kept_alive() {
         &work,
         &sim,
         &format!("token = \"{token}\""),
-        "page_size = 50",
+        // One page at a time: the stream outlives the token.
+        "page_size = 50\nparallel_pages = 1",
     );
     let text = std::fs::read_to_string(&config)
         .unwrap()

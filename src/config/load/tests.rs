@@ -54,6 +54,7 @@ fn example_config_is_valid_and_complete() {
         })
         .unwrap();
     assert_eq!(anaplan.overlap, Duration::from_secs(600));
+    assert_eq!(anaplan.parallel_pages, 4);
     assert!(matches!(
         &anaplan.credentials,
         crate::config::AnaplanCredentials::Basic { user, password }
@@ -614,4 +615,44 @@ fn parallel_slices_are_on_by_default_and_checked() {
     assert!(problems(&text, &[])
         .iter()
         .any(|p| p.starts_with("sources.main.parallel_slices: 33 is outside")));
+}
+
+#[test]
+fn anaplan_parallel_pages_defaults_to_4_and_stays_within_1_to_16() {
+    let text = r#"
+[state]
+path = "/tmp/x/state.db"
+[sources.ap]
+kind = "anaplan"
+token = "inline-token"
+[sinks.out]
+kind = "stdout"
+"#;
+    let parallel_pages = |vars: &[(&str, &str)]| {
+        let dir = tempfile::tempdir().unwrap();
+        let config = load_with_env(&write(&dir, text), env(vars)).unwrap();
+        match &config.sources[0] {
+            SourceConfig::Anaplan(anaplan) => anaplan.parallel_pages,
+            SourceConfig::Asana(_) => panic!("not anaplan"),
+        }
+    };
+    assert_eq!(parallel_pages(&[]), 4);
+    assert_eq!(
+        parallel_pages(&[("AUDITRELAY__SOURCES__AP__PARALLEL_PAGES", "16")]),
+        16
+    );
+    for bad in ["0", "17"] {
+        let found = problems(
+            &text.replace(
+                "kind = \"anaplan\"",
+                &format!("kind = \"anaplan\"\nparallel_pages = {bad}"),
+            ),
+            &[],
+        );
+        let expected = format!("sources.ap.parallel_pages: {bad} is outside 1..=16");
+        assert!(
+            found.iter().any(|p| p.starts_with(&expected)),
+            "no {expected:?} in {found:#?}"
+        );
+    }
 }

@@ -247,6 +247,7 @@ pub(super) async fn events(
     uri: Uri,
 ) -> Response {
     let call = sim.begin(AnaplanEndpoint::AuditEvents, &headers, &uri);
+    let _in_flight = sim.event_request_in_flight();
     let response = match sim.admit(&call, &headers, Service::Audit).await {
         Ok(_) => match parse_get(&params, sim.now_ms()) {
             Ok(request) => sim.audit_page(&request, &call.base, wants_cef(&headers)),

@@ -199,6 +199,9 @@ pub struct AnaplanSimArgs {
         default_value_t = 600
     )]
     rate_limit: u32,
+    /// Added latency per Anaplan audit and users request.
+    #[arg(id = "anaplan_latency", long = "anaplan-latency", default_value = "0s", value_parser = humantime::parse_duration)]
+    latency: Duration,
     /// Write the simulator's CA (`ca.pem`) and a trusted client certificate for the default
     /// auditor login (`client.pem`, `client.key`) into this directory.
     #[arg(id = "anaplan_cert_dir", long = "anaplan-cert-dir")]
@@ -226,6 +229,10 @@ impl AnaplanSimArgs {
             rate: self.rate,
             token_ttl: self.token_ttl,
             rate_limit_per_minute: self.rate_limit,
+            faults: AnaplanFaults {
+                latency: self.latency,
+                ..AnaplanFaults::default()
+            },
             ..AnaplanSimConfig::default()
         }
     }

@@ -20,7 +20,8 @@
 //!
 //! - `GET /_sim/anaplan/stats`: requests by endpoint and status (`by_endpoint`), totals,
 //!   pages and events served, inserted and drift events, tokens issued, distinct user ids
-//!   looked up, visible events.
+//!   looked up, visible events, and `GET /events` requests in flight now
+//!   (`event_requests_in_flight`) and at most at once (`max_concurrent_event_requests`).
 //! - `GET /_sim/anaplan/events[?dateFrom=&dateTo=]`: `{"ids": [...]}`, every visible event id
 //!   in API order (exact JSON integers).
 //! - `GET /_sim/anaplan/faults`, `POST /_sim/anaplan/faults`: the fault state; the POST body is
@@ -128,6 +129,10 @@ struct Counters {
     inserted_events: u64,
     drift_events: u64,
     truncated_responses: u64,
+    /// `GET /events` requests being answered now (latency included).
+    event_requests_in_flight: u64,
+    /// The most `GET /events` requests ever answered at the same time.
+    max_concurrent_event_requests: u64,
 }
 
 /// One entry of the request log.
@@ -489,6 +494,23 @@ impl AnaplanSim {
         lock(&self.looked_up_users).len()
     }
 
+    /// The most `GET /events` requests answered at the same time so far (a client paging in
+    /// parallel shows more than 1).
+    pub fn max_concurrent_event_requests(&self) -> u64 {
+        lock(&self.counters).max_concurrent_event_requests
+    }
+
+    /// Counts a `GET /events` request in flight until the guard is dropped (answered, or
+    /// abandoned by the client).
+    fn event_request_in_flight(&self) -> InFlight<'_> {
+        let mut counters = lock(&self.counters);
+        counters.event_requests_in_flight += 1;
+        counters.max_concurrent_event_requests = counters
+            .max_concurrent_event_requests
+            .max(counters.event_requests_in_flight);
+        InFlight(self)
+    }
+
     /// Simulated time in Unix milliseconds: real UTC time plus the configured advance.
     pub fn now_ms(&self) -> i64 {
         let advance_secs = lock(&self.faults).clock_advance_secs;
@@ -766,6 +788,16 @@ impl AnaplanSim {
             body,
         )
             .into_response()
+    }
+}
+
+/// A `GET /events` request being answered; see [`AnaplanSim::event_request_in_flight`].
+struct InFlight<'a>(&'a AnaplanSim);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut counters = lock(&self.0.counters);
+        counters.event_requests_in_flight = counters.event_requests_in_flight.saturating_sub(1);
     }
 }
 

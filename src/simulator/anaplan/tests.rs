@@ -1054,6 +1054,36 @@ async fn stats_count_calls_per_endpoint_and_distinct_lookups() {
 }
 
 #[tokio::test]
+async fn concurrent_event_requests_are_counted() {
+    let h = start(config(300)).await;
+    let token = h.login(AUDITOR).await;
+    let (from, to) = h.window();
+    let page = |offset: u32| {
+        format!("/audit/api/1/events?dateFrom={from}&dateTo={to}&limit=100&offset={offset}")
+    };
+    // One after the other: one at a time.
+    for offset in [0, 100] {
+        assert_eq!(h.get(&token, &page(offset)).await.0, 200);
+    }
+    assert_eq!(h.sim.max_concurrent_event_requests(), 1);
+    // Three at once, each held a second by the latency.
+    h.faults(json!({"latency": "1s"})).await;
+    let pages = [page(0), page(100), page(200)];
+    let (a, b, c) = tokio::join!(
+        h.get(&token, &pages[0]),
+        h.get(&token, &pages[1]),
+        h.get(&token, &pages[2])
+    );
+    assert_eq!((a.0, b.0, c.0), (200, 200, 200));
+    // A users request is not an events request.
+    h.faults(json!({"latency": "0s"})).await;
+    assert_eq!(h.get(&token, "/2/0/users").await.0, 200);
+    let stats = h.admin("/_sim/anaplan/stats").await;
+    assert_eq!(stats["max_concurrent_event_requests"], 3);
+    assert_eq!(stats["event_requests_in_flight"], 0);
+}
+
+#[tokio::test]
 async fn faults_rate_limits_and_outages() {
     let h = start(AnaplanSimConfig {
         rate_limit_per_minute: 3,

@@ -255,6 +255,7 @@ impl Daemon {
             dedup_window: self.config.state.dedup_window,
             metrics: metrics.clone(),
             health: Arc::clone(&component),
+            backfill: false,
         };
         let source = Arc::new(match config {
             SourceConfig::Asana(asana) => AnySource::Asana(

@@ -54,7 +54,14 @@ pub struct SourceContext {
     pub metrics: SourceMetrics,
     /// Its liveness and readiness.
     pub health: Arc<Component>,
+    /// A backfill slice's context: it pauses at [`BACKFILL_OUTBOX_SHARE`]
+    /// of `max_outbox_events`, leaving the rest to the live tail, so a
+    /// slow sink holds back the backlog before it holds back new events.
+    pub backfill: bool,
 }
+
+/// The share of `max_outbox_events` backfill slices may fill.
+pub const BACKFILL_OUTBOX_SHARE: (u64, u64) = (3, 4);
 
 impl SourceError {
     /// The class in metrics (`auditrelay_source_errors_total{class}`).
@@ -193,9 +200,13 @@ impl SourceContext {
         const CHECK_BOUND: Duration = Duration::from_secs(120);
         let mut warned = false;
         loop {
-            let limit = self
+            let mut limit = self
                 .max_outbox_events
                 .load(std::sync::atomic::Ordering::Relaxed);
+            if self.backfill {
+                let (num, den) = BACKFILL_OUTBOX_SHARE;
+                limit = limit / den * num;
+            }
             let below = |depth: i64| u64::try_from(depth).unwrap_or(0) < limit;
             let known = self.state.outbox_depth_hint();
             let depth = if !warned && below(known) {
@@ -277,6 +288,7 @@ mod tests {
             dedup_window: Duration::from_secs(86400),
             metrics: SourceMetrics::detached("a", "asana"),
             health: Health::new().register(Role::Source, "a", "asana", Duration::ZERO, vec![]),
+            backfill: false,
         };
         let check = Duration::from_millis(200);
         assert!(ctx.wait_for_outbox_room("a").await.unwrap());
@@ -311,5 +323,22 @@ mod tests {
             .unwrap();
         assert!(resumed);
         assert_eq!(state.outbox_depth_hint(), 100);
+
+        // A backfill slice stops at 3/4 of the limit (112 of 150); the live
+        // tail goes on up to the limit.
+        ctx.commit_page("a", "asana", page(201, 20), SourceCursor::default())
+            .await
+            .unwrap();
+        let slice = SourceContext {
+            backfill: true,
+            ..ctx.clone()
+        };
+        assert!(
+            tokio::time::timeout(check, slice.wait_for_outbox_room("a"))
+                .await
+                .is_err(),
+            "a slice filled the room kept for the tail"
+        );
+        assert!(ctx.wait_for_outbox_room("a").await.unwrap());
     }
 }

@@ -707,6 +707,7 @@ mod tests {
             dedup_window: Duration::from_secs(86400),
             metrics: SourceMetrics::detached("ap", "anaplan"),
             health: Health::new().register(Role::Source, "ap", "anaplan", Duration::ZERO, vec![]),
+            backfill: false,
         }
     }
 

@@ -181,6 +181,7 @@ impl AsanaSource {
                 let Some(slice) = queue.next() else { break };
                 let ctx = SourceContext {
                     health: self.ctx.health.lane(),
+                    backfill: true,
                     ..self.ctx.clone()
                 };
                 running.push(async move {
@@ -1054,6 +1055,7 @@ mod tests {
                 Duration::ZERO,
                 vec![],
             ),
+            backfill: false,
         };
         AsanaSource::new(config, ctx).unwrap()
     }

@@ -322,14 +322,7 @@ impl StateDb {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         upsert_cursor(&tx, source_id, kind, cursor)?;
-        tx.execute(
-            "DELETE FROM backfill_slice WHERE source_id = ?1",
-            [source_id],
-        )?;
-        tx.execute(
-            "UPDATE component_health SET caught_up_at = NULL WHERE role = 'source' AND id = ?1",
-            [source_id],
-        )?;
+        forget_progress(&tx, source_id)?;
         tx.commit()?;
         Ok(())
     }
@@ -341,17 +334,7 @@ impl StateDb {
             "DELETE FROM source_cursor WHERE source_id = ?1",
             [source_id],
         )? > 0;
-        // A backfill under way belonged to the old start.
-        tx.execute(
-            "DELETE FROM backfill_slice WHERE source_id = ?1",
-            [source_id],
-        )?;
-        // What was read through no longer counts: the source reads again
-        // from its new start, and its cursor age must say so.
-        tx.execute(
-            "UPDATE component_health SET caught_up_at = NULL WHERE role = 'source' AND id = ?1",
-            [source_id],
-        )?;
+        forget_progress(&tx, source_id)?;
         tx.commit()?;
         Ok(existed)
     }
@@ -796,6 +779,21 @@ pub(super) fn store_page(
 /// `SELECT MAX(seq) - MIN(seq)` in one query reads every row.
 const OUTBOX_DEPTH: &str =
     "SELECT COALESCE((SELECT MAX(seq) FROM outbox) - (SELECT MIN(seq) FROM outbox) + 1, 0)";
+
+/// What a source had read belongs to its old position once the cursor is
+/// reset: a backfill under way goes, and so does the point it read through
+/// (it reads again from its new start, and its cursor age must say so).
+fn forget_progress(tx: &rusqlite::Transaction<'_>, source_id: &str) -> Result<(), StateError> {
+    tx.execute(
+        "DELETE FROM backfill_slice WHERE source_id = ?1",
+        [source_id],
+    )?;
+    tx.execute(
+        "UPDATE component_health SET caught_up_at = NULL WHERE role = 'source' AND id = ?1",
+        [source_id],
+    )?;
+    Ok(())
+}
 
 pub(super) fn upsert_cursor(
     tx: &rusqlite::Transaction<'_>,

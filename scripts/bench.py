@@ -456,6 +456,30 @@ class Daemon:
     def alive(self):
         return self.proc.poll() is None
 
+    def wait_for_backlog(self, name, work, total, timeout):
+        """Polls /metrics until the sink acknowledged `total` events or
+        `timeout` seconds after the start passed: (acknowledged, when all
+        were acknowledged or None, when the source had stored them all or
+        None)."""
+        deadline = self.started + timeout
+        acked, done_at, stored_at = 0, None, None
+        last_report = time.monotonic()
+        while time.time() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"daemon exited early ({self.proc.returncode}); see {work}/daemon.log")
+            text = self.metrics()
+            acked = self.acknowledged(text) or 0
+            if stored_at is None and (self.stored(text) or 0) >= total:
+                stored_at = time.time()
+            if acked >= total:
+                done_at = time.time()
+                break
+            if time.monotonic() - last_report > 10:
+                last_report = time.monotonic()
+                log(f"{name}: {acked:.0f} / {total} acknowledged")
+            time.sleep(0.05)
+        return acked, done_at, stored_at
+
     def cpu(self):
         return cpu_seconds(self.proc.pid)
 
@@ -527,23 +551,7 @@ def run_backfill(base, sink):
         source_extra = 'start_at = "7d"\npoll_interval = "1s"\nrequests_per_minute = 100000000\n'
         config, port, sink_id = daemon_config(work, sim, broker, source_extra, file_extra)
         daemon = Daemon(name, work, config, port, sink_id)
-        deadline = daemon.started + BACKFILL_TIMEOUT
-        acked, done_at, stored_at = 0, None, None
-        last_report = time.monotonic()
-        while time.time() < deadline:
-            if not daemon.alive():
-                raise RuntimeError(f"daemon exited early ({daemon.proc.returncode}); see {work}/daemon.log")
-            text = daemon.metrics()
-            acked = daemon.acknowledged(text) or 0
-            if stored_at is None and (daemon.stored(text) or 0) >= EVENTS:
-                stored_at = time.time()
-            if acked >= EVENTS:
-                done_at = time.time()
-                break
-            if time.monotonic() - last_report > 10:
-                last_report = time.monotonic()
-                log(f"{name}: {acked:.0f} / {EVENTS} acknowledged")
-            time.sleep(0.05)
+        acked, done_at, stored_at = daemon.wait_for_backlog(name, work, EVENTS, BACKFILL_TIMEOUT)
         end = done_at or time.time()
         cpu, rss, sim_cpu = daemon.cpu(), daemon.rss(), sim.cpu()
         threads = threads_cpu(daemon.proc.pid)
@@ -732,23 +740,7 @@ def run_anaplan_backfill(base, parallel_pages):
             work, sim, None, source_extra, file_extra, source_table=anaplan_source(sim)
         )
         daemon = Daemon(name, work, config, port, sink_id)
-        deadline = daemon.started + ANAPLAN_TIMEOUT
-        acked, done_at, stored_at = 0, None, None
-        last_report = time.monotonic()
-        while time.time() < deadline:
-            if not daemon.alive():
-                raise RuntimeError(f"daemon exited early ({daemon.proc.returncode}); see {work}/daemon.log")
-            text = daemon.metrics()
-            acked = daemon.acknowledged(text) or 0
-            if stored_at is None and (daemon.stored(text) or 0) >= ANAPLAN_EVENTS:
-                stored_at = time.time()
-            if acked >= ANAPLAN_EVENTS:
-                done_at = time.time()
-                break
-            if time.monotonic() - last_report > 10:
-                last_report = time.monotonic()
-                log(f"{name}: {acked:.0f} / {ANAPLAN_EVENTS} acknowledged")
-            time.sleep(0.05)
+        acked, done_at, stored_at = daemon.wait_for_backlog(name, work, ANAPLAN_EVENTS, ANAPLAN_TIMEOUT)
         end = done_at or time.time()
         cpu, rss = daemon.cpu(), daemon.rss()
         stats = sim.anaplan_stats()

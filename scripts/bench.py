@@ -508,6 +508,19 @@ def backlog_flags():
 # --------------------------------------------------------------- scenarios
 
 
+def backlog_row(acked, wall, cpu, rss, done_at, notes):
+    """A backfill row of the table from what its run measured."""
+    return {
+        "events": int(acked),
+        "wall": wall,
+        "eps": acked / wall if wall > 0 else 0,
+        "cpu_per_m": cpu / acked * 1e6 if acked else float("nan"),
+        "rss": rss,
+        "complete": done_at is not None,
+        "notes": "; ".join(notes),
+    }
+
+
 def run_fetch(base):
     work = new_workdir(base, "fetch")
     sim = Simulator("bare fetch loop", work, backlog_flags())
@@ -577,15 +590,7 @@ def run_backfill(base, sink):
             notes.append(f"{lines} lines in the kept files (rotation keeps the newest 2 × 256 MiB)")
         if done_at is None:
             notes.append(f"TIMED OUT after {BACKFILL_TIMEOUT:.0f}s")
-        return {
-            "events": int(acked),
-            "wall": wall,
-            "eps": acked / wall if wall > 0 else 0,
-            "cpu_per_m": cpu / acked * 1e6 if acked else float("nan"),
-            "rss": rss,
-            "complete": done_at is not None,
-            "notes": "; ".join(notes),
-        }
+        return backlog_row(acked, wall, cpu, rss, done_at, notes)
     finally:
         if daemon:
             daemon.stop()
@@ -759,15 +764,7 @@ def run_anaplan_backfill(base, parallel_pages):
         ]
         if done_at is None:
             notes.append(f"TIMED OUT after {ANAPLAN_TIMEOUT:.0f}s")
-        return {
-            "events": int(acked),
-            "wall": wall,
-            "eps": acked / wall if wall > 0 else 0,
-            "cpu_per_m": cpu / acked * 1e6 if acked else float("nan"),
-            "rss": rss,
-            "complete": done_at is not None,
-            "notes": "; ".join(notes),
-        }
+        return backlog_row(acked, wall, cpu, rss, done_at, notes)
     finally:
         if daemon:
             daemon.stop()

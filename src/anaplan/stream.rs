@@ -711,6 +711,27 @@ mod tests {
         }
     }
 
+    /// A fresh cursor and the first pass over the window [0, 10000].
+    fn first_pass(source: &AnaplanSource) -> (SourceCursor, Progress, WindowProgress) {
+        let cursor = SourceCursor {
+            position: None,
+            filters_hash: filters_hash(&source.config),
+            stream_start: Some(0),
+            last_event_time: None,
+            last_event_id: None,
+        };
+        let window = WindowProgress {
+            from: 0,
+            to: 10_000,
+            offset: 0,
+            first_total: None,
+            total_changed: false,
+            received: 0,
+            pass: 1,
+        };
+        (cursor, Progress::default(), window)
+    }
+
     fn source(dir: &std::path::Path) -> AnaplanSource {
         let config = AnaplanConfig {
             credentials: AnaplanCredentials::Token(crate::secret::Secret::new("t0ken-value")),
@@ -825,23 +846,7 @@ mod tests {
     async fn a_short_page_is_not_the_end_when_the_total_says_more() {
         let dir = tempfile::tempdir().unwrap();
         let source = source(dir.path());
-        let mut cursor = SourceCursor {
-            position: None,
-            filters_hash: filters_hash(&source.config),
-            stream_start: Some(0),
-            last_event_time: None,
-            last_event_id: None,
-        };
-        let mut progress = Progress::default();
-        let window = WindowProgress {
-            from: 0,
-            to: 10_000,
-            offset: 0,
-            first_total: None,
-            total_changed: false,
-            received: 0,
-            pass: 1,
-        };
+        let (mut cursor, mut progress, window) = first_pass(&source);
         // The server caps pages at 50 though 100 were asked for.
         let more = source
             .store_page(&mut cursor, &mut progress, window, page(0..50, Some(120)))
@@ -867,23 +872,7 @@ mod tests {
     async fn a_window_that_grew_while_read_is_read_again() {
         let dir = tempfile::tempdir().unwrap();
         let source = source(dir.path());
-        let mut cursor = SourceCursor {
-            position: None,
-            filters_hash: filters_hash(&source.config),
-            stream_start: Some(0),
-            last_event_time: None,
-            last_event_id: None,
-        };
-        let mut progress = Progress::default();
-        let window = WindowProgress {
-            from: 0,
-            to: 10_000,
-            offset: 0,
-            first_total: None,
-            total_changed: false,
-            received: 0,
-            pass: 1,
-        };
+        let (mut cursor, mut progress, window) = first_pass(&source);
         source
             .store_page(&mut cursor, &mut progress, window, page(0..100, Some(150)))
             .await
@@ -947,23 +936,7 @@ mod tests {
     async fn a_pass_whose_middle_page_saw_another_total_is_read_again() {
         let dir = tempfile::tempdir().unwrap();
         let source = source(dir.path());
-        let mut cursor = SourceCursor {
-            position: None,
-            filters_hash: filters_hash(&source.config),
-            stream_start: Some(0),
-            last_event_time: None,
-            last_event_id: None,
-        };
-        let mut progress = Progress::default();
-        let window = WindowProgress {
-            from: 0,
-            to: 10_000,
-            offset: 0,
-            first_total: None,
-            total_changed: false,
-            received: 0,
-            pass: 1,
-        };
+        let (mut cursor, mut progress, window) = first_pass(&source);
         // Pages requested together: the middle one was answered after an
         // event was inserted before it (301), the last one before (300).
         // First and last agree and 300 records arrived, yet the record the

@@ -32,12 +32,12 @@ struct AuditLogEvent<'a> {
     event_type: Option<Cow<'a, str>>,
     #[serde(borrow)]
     event_category: Option<Cow<'a, str>>,
-    #[serde(borrow, default, deserialize_with = "lenient")]
-    actor: Option<Actor<'a>>,
-    #[serde(borrow, default, deserialize_with = "lenient")]
-    resource: Option<Resource<'a>>,
-    #[serde(borrow, default, deserialize_with = "lenient")]
-    context: Option<Context<'a>>,
+    #[serde(borrow, default)]
+    actor: Lenient<Actor<'a>>,
+    #[serde(borrow, default)]
+    resource: Lenient<Resource<'a>>,
+    #[serde(borrow, default)]
+    context: Lenient<Context<'a>>,
 }
 
 /// Asana ids are numeric strings; accept a bare number too. (`Cow`
@@ -50,75 +50,188 @@ enum Id<'a> {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 struct Actor<'a> {
     #[serde(borrow)]
-    actor_type: Option<Cow<'a, str>>,
+    actor_type: Text<'a>,
     #[serde(borrow)]
-    gid: Option<Cow<'a, str>>,
+    gid: Text<'a>,
     #[serde(borrow)]
-    name: Option<Cow<'a, str>>,
+    name: Text<'a>,
     #[serde(borrow)]
-    email: Option<Cow<'a, str>>,
+    email: Text<'a>,
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 struct Resource<'a> {
     #[serde(borrow)]
-    resource_type: Option<Cow<'a, str>>,
+    resource_type: Text<'a>,
     #[serde(borrow)]
-    resource_subtype: Option<Cow<'a, str>>,
+    resource_subtype: Text<'a>,
     #[serde(borrow)]
-    gid: Option<Cow<'a, str>>,
+    gid: Text<'a>,
     #[serde(borrow)]
-    name: Option<Cow<'a, str>>,
+    name: Text<'a>,
     #[serde(borrow)]
-    email: Option<Cow<'a, str>>,
+    email: Text<'a>,
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 struct Context<'a> {
     #[serde(borrow)]
-    context_type: Option<Cow<'a, str>>,
+    context_type: Text<'a>,
     #[serde(borrow)]
-    api_authentication_method: Option<Cow<'a, str>>,
+    api_authentication_method: Text<'a>,
     #[serde(borrow)]
-    client_ip_address: Option<Cow<'a, str>>,
+    client_ip_address: Text<'a>,
     #[serde(borrow)]
-    user_agent: Option<Cow<'a, str>>,
+    user_agent: Text<'a>,
     #[serde(borrow)]
-    oauth_app_name: Option<Cow<'a, str>>,
+    oauth_app_name: Text<'a>,
 }
 
-/// An object field that is the wrong shape reads as absent instead of
-/// failing the record: the original is in `raw` anyway.
-fn lenient<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Maybe<T> {
-        Ok(T),
-        Other(serde::de::IgnoredAny),
+/// An object field that is the wrong shape (a string, a number, an array
+/// where an object was expected) reads as absent instead of failing the
+/// record: the original is in `raw` anyway. Decided on the JSON value's
+/// own type as it streams by, so nothing is buffered (serde's untagged
+/// enums copy the whole value first).
+#[derive(Debug)]
+struct Lenient<T>(Option<T>);
+
+impl<T> Default for Lenient<T> {
+    fn default() -> Self {
+        Self(None)
     }
-    Ok(match Option::<Maybe<T>>::deserialize(deserializer)? {
-        Some(Maybe::Ok(v)) => Some(v),
-        _ => None,
-    })
+}
+
+impl<T> Lenient<T> {
+    fn as_ref(&self) -> Option<&T> {
+        self.0.as_ref()
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Lenient<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Visit<T> {
+            type Value = Lenient<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                // The objects read this way have only `Text` fields, which
+                // take any value: an object never fails here.
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(|v| Lenient(Some(v)))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Lenient(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_none<E>(self) -> Result<Self::Value, E> {
+                Ok(Lenient(None))
+            }
+        }
+        deserializer.deserialize_any(Visit(std::marker::PhantomData))
+    }
+}
+
+/// A string field of a nested object; any other value (a number, an
+/// object) reads as absent. Borrowed from the page unless it has escapes.
+#[derive(Debug, Default)]
+struct Text<'a>(Option<Cow<'a, str>>);
+
+impl Text<'_> {
+    fn as_deref(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
+            type Value = Text<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Text(Some(Cow::Borrowed(v))))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Text(Some(Cow::Owned(v.to_owned()))))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Text(Some(Cow::Owned(v))))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(Text(None))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Text(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Text(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(Text(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(Text(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Text(None))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Text(None))
+            }
+            fn visit_none<E>(self) -> Result<Self::Value, E> {
+                Ok(Text(None))
+            }
+        }
+        deserializer.deserialize_any(Visit(std::marker::PhantomData))
+    }
 }
 
 pub use crate::enrich::Users;
 use crate::enrich::{enrichment_of, found};
-
-/// Just the parties, for [`named_users`].
-#[derive(Debug, Deserialize)]
-struct Parties<'a> {
-    #[serde(borrow, default, deserialize_with = "lenient")]
-    actor: Option<Actor<'a>>,
-    #[serde(borrow, default, deserialize_with = "lenient")]
-    resource: Option<Resource<'a>>,
-}
 
 /// The actor's gid when the actor is a user.
 fn actor_user<'x>(actor: Option<&'x Actor<'_>>) -> Option<&'x str> {
@@ -138,25 +251,57 @@ fn resource_user<'x>(resource: Option<&'x Resource<'_>>) -> Option<&'x str> {
     resource.gid.as_deref().filter(|gid| !gid.trim().is_empty())
 }
 
-/// The user ids a record names (actor, target), for the enricher. A record
-/// that does not parse names none (it is quarantined later anyway).
-pub fn named_users(raw: &RawValue) -> Vec<String> {
-    let Ok(parties) = serde_json::from_str::<Parties<'_>>(raw.get()) else {
-        return Vec::new();
-    };
-    let mut ids: Vec<String> = Vec::with_capacity(2);
-    for id in [
-        actor_user(parties.actor.as_ref()),
-        resource_user(parties.resource.as_ref()),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        if !ids.iter().any(|known| known == id) {
-            ids.push(id.to_string());
+/// One record read once, for both [`Parsed::named_users`] (before the
+/// lookups) and [`Parsed::to_outbox`] (after them); borrows from the page.
+#[derive(Debug)]
+pub struct Parsed<'a> {
+    raw: &'a RawValue,
+    event: Result<AuditLogEvent<'a>, String>,
+}
+
+/// Reads one record of a page.
+pub fn parse(raw: &RawValue) -> Parsed<'_> {
+    Parsed {
+        raw,
+        event: serde_json::from_str(raw.get()).map_err(|e| format!("not an audit log event: {e}")),
+    }
+}
+
+impl Parsed<'_> {
+    /// The user ids it names (actor, target), for the enricher. A record
+    /// that does not parse names none (it is quarantined anyway).
+    pub fn named_users(&self) -> impl Iterator<Item = &str> {
+        let (actor, target) = match &self.event {
+            Ok(event) => (
+                actor_user(event.actor.as_ref()),
+                resource_user(event.resource.as_ref()),
+            ),
+            Err(_) => (None, None),
+        };
+        actor
+            .into_iter()
+            .chain(target.filter(|t| Some(*t) != actor))
+    }
+
+    /// Builds its outbox entry, or says why it cannot. `users`: the
+    /// enricher's answers for the page (`None`: enrichment off).
+    pub fn to_outbox(
+        &self,
+        origin: Origin<'_>,
+        observed_at: &str,
+        users: Option<&Users>,
+    ) -> Result<NewEvent, String> {
+        match &self.event {
+            Ok(event) => map(self.raw, event, origin, observed_at, users),
+            Err(reason) => Err(reason.clone()),
         }
     }
-    ids
+}
+
+/// The user ids a record names (actor, target): [`Parsed::named_users`]
+/// of a record read on its own.
+pub fn named_users(raw: &RawValue) -> Vec<String> {
+    parse(raw).named_users().map(str::to_string).collect()
 }
 
 /// Where an event came from, for its envelope.
@@ -166,18 +311,26 @@ pub struct Origin<'a> {
     pub workspace_gid: &'a str,
 }
 
-/// Builds the outbox entry for one raw record, or says why it cannot.
-/// `users`: the enricher's answers for the page (`None`: enrichment off).
+/// Builds the outbox entry for one raw record, or says why it cannot:
+/// [`Parsed::to_outbox`] of a record read on its own.
 pub fn to_outbox(
     raw: &RawValue,
     origin: Origin<'_>,
     observed_at: &str,
     users: Option<&Users>,
 ) -> Result<NewEvent, String> {
-    let event: AuditLogEvent<'_> =
-        serde_json::from_str(raw.get()).map_err(|e| format!("not an audit log event: {e}"))?;
-    let id: String = match event.gid {
-        Some(Id::Str(s)) if !s.trim().is_empty() => s.into_owned(),
+    parse(raw).to_outbox(origin, observed_at, users)
+}
+
+fn map(
+    raw: &RawValue,
+    event: &AuditLogEvent<'_>,
+    origin: Origin<'_>,
+    observed_at: &str,
+    users: Option<&Users>,
+) -> Result<NewEvent, String> {
+    let id: String = match &event.gid {
+        Some(Id::Str(s)) if !s.trim().is_empty() => s.to_string(),
         Some(Id::Num(n)) => n.to_string(),
         _ => return Err("missing or empty `gid`".to_string()),
     };
@@ -334,6 +487,58 @@ mod tests {
         let err = build(r#"{"gid":"9","created_at":"yesterday"}"#).unwrap_err();
         assert!(err.contains("RFC 3339"), "{err}");
         let err = build(r#"[1,2]"#).unwrap_err();
+        assert!(err.contains("not an audit log event"), "{err}");
+    }
+
+    #[test]
+    fn objects_of_the_wrong_shape_read_as_absent_field_by_field() {
+        // A string where an object belongs, an array, a number: no party.
+        for actor in [r#""someone""#, "[1,2]", "7", "true", "null"] {
+            let json = format!(
+                r#"{{"gid":"1","created_at":"2026-01-05T10:15:30Z","actor":{actor},"resource":{{"resource_type":"task","gid":"9"}}}}"#
+            );
+            let (_, v) = build(&json).unwrap();
+            assert!(v.get("actor").is_none(), "{actor}: {v}");
+            assert_eq!(v["target"]["id"], "9", "{actor}: the rest still maps");
+        }
+        // Inside an object, a value that is not a string drops only that
+        // field: the party keeps the fields that are strings.
+        let (_, v) = build(r#"{"gid":"1","created_at":"2026-01-05T10:15:30Z","actor":{"actor_type":"user","gid":42,"name":{"first":"A"},"email":["a@example.com"]},"context":{"client_ip_address":false,"user_agent":"ua"}}"#).unwrap();
+        assert_eq!(v["actor"]["type"], "user", "{v}");
+        assert!(v["actor"].get("id").is_none(), "{v}");
+        assert!(v["actor"].get("name").is_none(), "{v}");
+        assert!(v["actor"].get("email").is_none(), "{v}");
+        assert_eq!(v["client"]["user_agent"], "ua");
+        assert!(v["client"].get("ip").is_none(), "{v}");
+        // A user actor without a usable gid names nobody to look up.
+        let raw: Box<RawValue> = serde_json::from_str(
+            r#"{"actor":{"actor_type":"user","gid":42},"resource":{"resource_type":"user","gid":"5"}}"#,
+        )
+        .unwrap();
+        assert_eq!(named_users(&raw), ["5"]);
+        // The record itself must be an object with a gid and a time.
+        assert!(build(r#"{"gid":"1","created_at":7}"#).is_err());
+    }
+
+    #[test]
+    fn a_record_is_read_once_for_lookups_and_mapping() {
+        let raw: Box<RawValue> = serde_json::from_str(LOGIN).unwrap();
+        let parsed = parse(&raw);
+        assert_eq!(parsed.named_users().collect::<Vec<_>>(), ["11", "22"]);
+        let users = Users::from([("11".into(), user(Some("New Name"), None))]);
+        let event = parsed
+            .to_outbox(ORIGIN, "2026-01-05T10:20:00.000Z", Some(&users))
+            .unwrap();
+        let v: Value = serde_json::from_str(&event.payload).unwrap();
+        assert_eq!(v["actor"]["name"], "New Name");
+        // The same record built in one step gives the same payload.
+        let again = to_outbox(&raw, ORIGIN, "2026-01-05T10:20:00.000Z", Some(&users)).unwrap();
+        assert_eq!(again.payload, event.payload);
+        // A record that does not parse gives its reason at mapping time.
+        let bad: Box<RawValue> = serde_json::from_str("[1]").unwrap();
+        let parsed = parse(&bad);
+        assert_eq!(parsed.named_users().count(), 0);
+        let err = parsed.to_outbox(ORIGIN, "x", None).unwrap_err();
         assert!(err.contains("not an audit log event"), "{err}");
     }
 

@@ -48,6 +48,7 @@ use super::users::AsanaUsers;
 use crate::config::{AsanaConfig, StartAt};
 use crate::enrich::Enricher;
 use crate::envelope::format_time;
+use crate::health::Component;
 use crate::retry::{rate_limit_wait, Backoff};
 use crate::source::{sleep_or_cancel, SourceContext, SourceError, PRUNE_EVERY};
 use crate::state::{NewEvent, Quarantined, SliceCursor, SourceCursor, StateError};
@@ -84,8 +85,8 @@ pub fn filters_hash(config: &AsanaConfig) -> String {
 pub struct AsanaSource {
     config: AsanaConfig,
     client: AsanaClient,
-    /// `None` when `[enrich] enabled = false`.
-    enricher: Option<Enricher>,
+    /// Turns pages into outbox entries; shared with the requests made ahead.
+    mapper: Arc<Mapper>,
     ctx: SourceContext,
     /// Open while the API accepts the source's requests: opened by the
     /// tail's first stored page, closed by a rejected token or request
@@ -115,10 +116,15 @@ impl AsanaSource {
         ctx.metrics.retention.set(RETENTION.as_secs_f64());
         // A previous instance may have stopped while paused.
         ctx.metrics.paused.set(0);
+        let mapper = Arc::new(Mapper {
+            source_id: config.id.clone(),
+            workspace_gid: config.workspace_gid.clone(),
+            enricher,
+        });
         Ok(Self {
             config,
             client,
-            enricher,
+            mapper,
             ctx,
             accepted: tokio::sync::watch::Sender::new(false),
         })
@@ -236,7 +242,7 @@ impl AsanaSource {
         let shutdown = ctx.shutdown.clone();
         let health = &ctx.health;
         // The next page's request, running while this page is committed.
-        let mut ahead: Option<Ahead<Result<Page, SourceError>>> = None;
+        let mut ahead: Option<Ahead<Result<Prepared, SourceError>>> = None;
         while !shutdown.is_cancelled() {
             if !ctx.wait_for_outbox_room(id).await? {
                 break;
@@ -273,7 +279,7 @@ impl AsanaSource {
                     // A full page without a next offset would otherwise be
                     // fetched again at once, forever.
                     let full =
-                        page.records.len() >= self.client.page_size() && page.next_offset.is_some();
+                        page.records >= self.client.page_size() && page.next_offset.is_some();
                     if full {
                         ahead = self.request_ahead(&position, &page, ctx);
                     }
@@ -282,7 +288,7 @@ impl AsanaSource {
                     // with no offset to go on from. Its end lies at least
                     // `settle` in the past, so no more events come into it.
                     let finished = matches!(track, Track::Slice { .. })
-                        && (page.records.is_empty() || page.next_offset.is_none());
+                        && (page.records == 0 || page.next_offset.is_none());
                     health.beat("committing a page", COMMIT_BOUND);
                     match self
                         .store_page(track, &mut cursor, page, &position, finished, ctx)
@@ -377,16 +383,20 @@ impl AsanaSource {
         &self,
         track: Track,
         cursor: &SourceCursor,
-        ahead: Option<Ahead<Result<Page, SourceError>>>,
+        ahead: Option<Ahead<Result<Prepared, SourceError>>>,
         ctx: &SourceContext,
-    ) -> Option<(Position, Result<Page, SourceError>)> {
+    ) -> Option<(Position, Result<Prepared, SourceError>)> {
         let health = &ctx.health;
         if let Some(ahead) = ahead {
             // It took its budget token when it started (or is still waiting
-            // for one after a 429 that came meanwhile).
+            // for one after a 429 that came meanwhile), and it resolves the
+            // page's users within the enricher's bound.
             health.beat(
                 "fetching a page",
-                self.config.request_timeout + self.client.budget().delay() + BEAT_SLACK,
+                self.config.request_timeout
+                    + self.client.budget().delay()
+                    + self.mapper.enrich_bound()
+                    + BEAT_SLACK,
             );
             let position = ahead.position.clone();
             let fetched = self.beating(ctx, ahead.finish()).await?;
@@ -407,7 +417,10 @@ impl AsanaSource {
             "fetching a page",
             self.config.request_timeout + self.client.budget().delay() + BEAT_SLACK,
         );
-        let fetched = self.beating(ctx, self.client.fetch(&position)).await?;
+        let fetched = match self.beating(ctx, self.client.fetch(&position)).await? {
+            Ok(page) => Ok(self.mapper.prepare(page, Some(health)).await),
+            Err(e) => Err(e),
+        };
         Some((position, fetched))
     }
 
@@ -436,15 +449,16 @@ impl AsanaSource {
     }
 
     /// Starts the request for the page after `page` (sent at `sent`), to
-    /// run while `page` is committed: only when its offset is known and the
-    /// rate budget has a token now (a wait stays in the loop, under its
-    /// heartbeat), never on shutdown.
+    /// run while `page` is committed, and prepares its answer for its own
+    /// commit meanwhile: only when its offset is known and the rate budget
+    /// has a token now (a wait stays in the loop, under its heartbeat),
+    /// never on shutdown.
     fn request_ahead(
         &self,
         sent: &Position,
-        page: &Page,
+        page: &Prepared,
         ctx: &SourceContext,
-    ) -> Option<Ahead<Result<Page, SourceError>>> {
+    ) -> Option<Ahead<Result<Prepared, SourceError>>> {
         let offset = page.next_offset.clone()?;
         if ctx.shutdown.is_cancelled() || !self.client.budget().delay().is_zero() {
             return None;
@@ -452,9 +466,12 @@ impl AsanaSource {
         let position = following(sent, offset);
         // A clone shares the connection pool and the budget.
         let client = self.client.clone();
+        let mapper = Arc::clone(&self.mapper);
         let request = position.clone();
         Some(Ahead::start(position, async move {
-            client.fetch(&request).await
+            let page = client.fetch(&request).await?;
+            // No heartbeat from here: the loop's covers this task.
+            Ok(mapper.prepare(page, None).await)
         }))
     }
 
@@ -730,39 +747,24 @@ impl AsanaSource {
         &self,
         track: Track,
         cursor: &mut SourceCursor,
-        page: Page,
+        page: Prepared,
         sent: &Position,
         finished: bool,
         ctx: &SourceContext,
     ) -> Result<(), StateError> {
-        let observed_at = format_time(Utc::now().timestamp_millis());
-        let origin = Origin {
-            source_id: &self.config.id,
-            workspace_gid: &self.config.workspace_gid,
-        };
-        let users = self.resolve_users(&page, ctx).await;
-        ctx.health.beat("committing a page", COMMIT_BOUND);
-        let mut events: Vec<NewEvent> = Vec::with_capacity(page.records.len());
-        let mut quarantined = Vec::new();
-        for (index, raw) in page.records.iter().enumerate() {
-            match event::to_outbox(raw, origin, &observed_at, users.as_ref()) {
-                Ok(event) => events.push(event),
-                Err(reason) => {
-                    tracing::warn!(source = %self.config.id, record = index, reason = %reason, "quarantined a record");
-                    quarantined.push(Quarantined {
-                        reason: format!("record {index} of page: {reason}"),
-                        raw: raw.get().to_string(),
-                    });
-                }
-            }
-        }
+        let Prepared {
+            next_offset,
+            events,
+            quarantined,
+            ..
+        } = page;
         let mut next = cursor.clone();
         // The offset is bound to the start actually sent (which may have
         // been clamped to retention): keep them together.
         next.stream_start = Some(sent.start_at.timestamp_millis());
         // Once the stream has an offset, Asana keeps returning one; should
         // it ever not, keep ours rather than fall back to the stream start.
-        next.position = page.next_offset.or_else(|| sent.offset.clone());
+        next.position = next_offset.or_else(|| sent.offset.clone());
         if let Some(newest) = events.iter().max_by_key(|e| e.event_time) {
             if next.last_event_time.is_none_or(|t| newest.event_time >= t) {
                 next.last_event_time = Some(newest.event_time);
@@ -787,24 +789,6 @@ impl AsanaSource {
         }
         *cursor = next;
         Ok(())
-    }
-
-    /// Resolves the users a page names, within the enricher's bound;
-    /// `None` when enrichment is off.
-    async fn resolve_users(&self, page: &Page, ctx: &SourceContext) -> Option<event::Users> {
-        let enricher = self.enricher.as_ref()?;
-        let named: Vec<String> = page
-            .records
-            .iter()
-            .flat_map(|raw| event::named_users(raw))
-            .collect();
-        if named.is_empty() {
-            return Some(event::Users::new());
-        }
-        let ids: Vec<&str> = named.iter().map(String::as_str).collect();
-        ctx.health
-            .beat("enriching a page", enricher.config().bound + BEAT_SLACK);
-        Some(enricher.resolve(&ids).await)
     }
 
     /// Decides what an API error means for the cursor and how long to wait.
@@ -940,9 +924,96 @@ fn following(sent: &Position, offset: String) -> Position {
     }
 }
 
-/// A request made ahead: it runs on its own task, so that it proceeds while
-/// the loop maps and commits the page before it. Dropping it aborts the
-/// request.
+/// A page's records as its commit stores them, made before the commit:
+/// by the loop, or by the request made ahead while the page before it
+/// commits (so mapping and committing overlap).
+#[derive(Debug)]
+struct Prepared {
+    /// How many records the page had (a full page: more follow at once).
+    records: usize,
+    /// `next_page.offset`.
+    next_offset: Option<String>,
+    events: Vec<NewEvent>,
+    quarantined: Vec<Quarantined>,
+}
+
+/// Turns a page into outbox entries: reads each record once, resolves the
+/// users the page names, builds the envelopes.
+#[derive(Debug)]
+struct Mapper {
+    source_id: String,
+    workspace_gid: String,
+    /// `None` when `[enrich] enabled = false`.
+    enricher: Option<Enricher>,
+}
+
+impl Mapper {
+    /// The longest the enricher holds a page back.
+    fn enrich_bound(&self) -> Duration {
+        self.enricher
+            .as_ref()
+            .map_or(Duration::ZERO, |e| e.config().bound)
+    }
+
+    /// Prepares `page` for its commit. `health`: the loop's component, to
+    /// beat while users are resolved (`None` in a request made ahead,
+    /// whose wait the loop's heartbeat covers).
+    async fn prepare(&self, page: Page, health: Option<&Component>) -> Prepared {
+        let records: Vec<event::Parsed<'_>> =
+            page.records.iter().map(|r| event::parse(r)).collect();
+        let users = self.resolve_users(&records, health).await;
+        let observed_at = format_time(Utc::now().timestamp_millis());
+        let origin = Origin {
+            source_id: &self.source_id,
+            workspace_gid: &self.workspace_gid,
+        };
+        let mut events: Vec<NewEvent> = Vec::with_capacity(records.len());
+        let mut quarantined = Vec::new();
+        for (index, record) in records.iter().enumerate() {
+            match record.to_outbox(origin, &observed_at, users.as_ref()) {
+                Ok(event) => events.push(event),
+                Err(reason) => {
+                    tracing::warn!(source = %self.source_id, record = index, reason = %reason, "quarantined a record");
+                    quarantined.push(Quarantined {
+                        reason: format!("record {index} of page: {reason}"),
+                        raw: page.records[index].get().to_string(),
+                    });
+                }
+            }
+        }
+        Prepared {
+            records: records.len(),
+            next_offset: page.next_offset.clone(),
+            events,
+            quarantined,
+        }
+    }
+
+    /// Resolves the users a page names, within the enricher's bound;
+    /// `None` when enrichment is off.
+    async fn resolve_users(
+        &self,
+        records: &[event::Parsed<'_>],
+        health: Option<&Component>,
+    ) -> Option<event::Users> {
+        let enricher = self.enricher.as_ref()?;
+        let ids: Vec<&str> = records
+            .iter()
+            .flat_map(event::Parsed::named_users)
+            .collect();
+        if ids.is_empty() {
+            return Some(event::Users::new());
+        }
+        if let Some(health) = health {
+            health.beat("enriching a page", enricher.config().bound + BEAT_SLACK);
+        }
+        Some(enricher.resolve(&ids).await)
+    }
+}
+
+/// A request made ahead: it runs on its own task, so that it proceeds (and
+/// its page is prepared) while the loop commits the page before it.
+/// Dropping it aborts the request.
 #[derive(Debug)]
 struct Ahead<T> {
     /// Where it was sent from.

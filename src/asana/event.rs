@@ -92,6 +92,30 @@ struct Context<'a> {
     oauth_app_name: Text<'a>,
 }
 
+/// Visitor methods that read a number, a boolean or `null` as `$absent`.
+macro_rules! absent_scalars {
+    ($absent:expr) => {
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($absent)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($absent)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($absent)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($absent)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok($absent)
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok($absent)
+        }
+    };
+}
+
 /// An object field that is the wrong shape (a string, a number, an array
 /// where an object was expected) reads as absent instead of failing the
 /// record: the original is in `raw` anyway. Decided on the JSON value's
@@ -136,25 +160,8 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Lenient<T> {
                 while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
                 Ok(Lenient(None))
             }
-            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(Lenient(None))
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(Lenient(None))
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(Lenient(None))
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(Lenient(None))
-            }
+            absent_scalars!(Lenient(None));
             fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-                Ok(Lenient(None))
-            }
-            fn visit_unit<E>(self) -> Result<Self::Value, E> {
-                Ok(Lenient(None))
-            }
-            fn visit_none<E>(self) -> Result<Self::Value, E> {
                 Ok(Lenient(None))
             }
         }
@@ -207,24 +214,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
                 while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
                 Ok(Text(None))
             }
-            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(Text(None))
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(Text(None))
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(Text(None))
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(Text(None))
-            }
-            fn visit_unit<E>(self) -> Result<Self::Value, E> {
-                Ok(Text(None))
-            }
-            fn visit_none<E>(self) -> Result<Self::Value, E> {
-                Ok(Text(None))
-            }
+            absent_scalars!(Text(None));
         }
         deserializer.deserialize_any(Visit(std::marker::PhantomData))
     }

@@ -477,7 +477,15 @@ fn users_are_looked_up_once_and_deleted_ones_are_remembered() {
         ..AnaplanSimConfig::default()
     });
     let work = Workdir::new();
-    let config = config(&work, &sim, &basic(AUDITOR), "");
+    // Every event must come out enriched: a bound no busy test machine
+    // reaches, so a slow lookup cannot send one out unenriched (the
+    // default 2s is about the pipeline, not this test).
+    let config = config(
+        &work,
+        &sim,
+        &basic(AUDITOR),
+        "[sources.anaplan_it.enrich]\nbound = \"10s\"\n",
+    );
     let daemon = Daemon::start(&config, work.path("daemon.log"));
     wait_until(Duration::from_secs(60), "2000 events", || {
         Delivered::read(&work.out()).unique() == sim.ids()

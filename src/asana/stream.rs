@@ -983,7 +983,7 @@ impl Mapper {
         }
         Prepared {
             records: records.len(),
-            next_offset: page.next_offset.clone(),
+            next_offset: page.next_offset,
             events,
             quarantined,
         }

@@ -64,21 +64,15 @@ impl StateDb {
 
     /// The slices of `source_id` still being read, in order.
     pub fn slices(&self, source_id: &str) -> Result<Vec<SliceCursor>, StateError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT slice, end_ms, position, filters_hash, stream_start, last_event_time, last_event_id
-             FROM backfill_slice WHERE source_id = ?1 ORDER BY slice",
-        )?;
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT slice, end_ms, {} FROM backfill_slice WHERE source_id = ?1 ORDER BY slice",
+            SourceCursor::COLUMNS
+        ))?;
         let rows = stmt.query_map([source_id], |row| {
             Ok(SliceCursor {
                 slice: row.get(0)?,
                 end_ms: row.get(1)?,
-                cursor: SourceCursor {
-                    position: row.get(2)?,
-                    filters_hash: row.get(3)?,
-                    stream_start: row.get(4)?,
-                    last_event_time: row.get(5)?,
-                    last_event_id: row.get(6)?,
-                },
+                cursor: SourceCursor::from_row(row, 2)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -81,6 +81,25 @@ pub struct SourceCursor {
     pub last_event_id: Option<String>,
 }
 
+impl SourceCursor {
+    /// The columns every table holding a cursor has, in the order
+    /// [`SourceCursor::from_row`] reads them.
+    const COLUMNS: &'static str =
+        "position, filters_hash, stream_start, last_event_time, last_event_id";
+
+    /// Reads a cursor from [`SourceCursor::COLUMNS`], starting at column
+    /// `first` of `row`.
+    fn from_row(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Self> {
+        Ok(Self {
+            position: row.get(first)?,
+            filters_hash: row.get(first + 1)?,
+            stream_start: row.get(first + 2)?,
+            last_event_time: row.get(first + 3)?,
+            last_event_id: row.get(first + 4)?,
+        })
+    }
+}
+
 /// One event ready for the outbox.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
@@ -279,18 +298,12 @@ impl StateDb {
         Ok(self
             .conn
             .query_row(
-                "SELECT position, filters_hash, stream_start, last_event_time, last_event_id
-                 FROM source_cursor WHERE source_id = ?1",
+                &format!(
+                    "SELECT {} FROM source_cursor WHERE source_id = ?1",
+                    SourceCursor::COLUMNS
+                ),
                 [source_id],
-                |row| {
-                    Ok(SourceCursor {
-                        position: row.get(0)?,
-                        filters_hash: row.get(1)?,
-                        stream_start: row.get(2)?,
-                        last_event_time: row.get(3)?,
-                        last_event_id: row.get(4)?,
-                    })
-                },
+                |row| SourceCursor::from_row(row, 0),
             )
             .optional()?)
     }
@@ -642,21 +655,15 @@ impl StateDb {
     pub fn cursors(&self) -> Result<Vec<(String, String, SourceCursor)>, StateError> {
         let mut sources = Vec::new();
         {
-            let mut stmt = self.conn.prepare(
-                "SELECT source_id, kind, position, filters_hash, stream_start, last_event_time,
-                        last_event_id FROM source_cursor ORDER BY source_id",
-            )?;
+            let mut stmt = self.conn.prepare(&format!(
+                "SELECT source_id, kind, {} FROM source_cursor ORDER BY source_id",
+                SourceCursor::COLUMNS
+            ))?;
             let rows = stmt.query_map([], |row| {
                 Ok((
                     row.get::<_, String>(0)?,
                     row.get::<_, String>(1)?,
-                    SourceCursor {
-                        position: row.get(2)?,
-                        filters_hash: row.get(3)?,
-                        stream_start: row.get(4)?,
-                        last_event_time: row.get(5)?,
-                        last_event_id: row.get(6)?,
-                    },
+                    SourceCursor::from_row(row, 2)?,
                 ))
             })?;
             for row in rows {

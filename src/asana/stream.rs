@@ -17,12 +17,17 @@
 //! request, audit page or user lookup, takes a token of the source's
 //! [`RateBudget`](crate::budget::RateBudget) first.
 //!
-//! Pipelining: a full page comes with the offset of the next one, so that
-//! page is requested ([`Ahead`]) while this one is mapped and committed.
-//! One request at most per stream is in flight, and its answer is used only
-//! after the page before it committed, with the cursor that commit stored;
-//! otherwise (the commit failed, shutdown) it is dropped and nothing is
-//! lost: the stored cursor still points at it.
+//! Pipelining: a full page comes with the offset of the next one, so a task
+//! ([`Ahead`]) follows the offsets from there, fetching and preparing one
+//! page after another while the loop commits, until a page is not full, a
+//! request fails, or the rate budget holds requests back. One request at
+//! most per stream is in flight, and at most [`AHEAD_PAGES`] answers wait.
+//! The loop commits every page that is ready, up to [`GROUP_PAGES`], in one
+//! transaction with the cursor after the last of them (group commit: the
+//! commit's fixed costs are paid once per group, not once per page). An
+//! answer is used only if it continues the cursor the commit before it
+//! stored; otherwise (the commit failed, shutdown) it is dropped and
+//! nothing is lost: the stored cursor still points at it.
 //!
 //! Backfill: a source that starts more than `backfill_threshold` behind
 //! cuts the backlog older than `settle` (the larger of `restart_margin` and
@@ -65,6 +70,15 @@ const BEAT_SLACK: Duration = Duration::from_secs(30);
 /// The longest a page commit may take before the task counts as hung
 /// (it queues behind other tasks' calls on the one connection).
 const COMMIT_BOUND: Duration = Duration::from_secs(120);
+
+/// Answers (prepared pages) the requests made ahead may hold for the loop.
+const AHEAD_PAGES: usize = 8;
+
+/// The most pages committed in one transaction.
+const GROUP_PAGES: usize = 8;
+
+/// A request's answer: where it was sent from and its page, prepared.
+type Answer = (Position, Result<Prepared, SourceError>);
 
 /// A hash of what an offset is bound to: the workspace and the filters.
 pub fn filters_hash(config: &AsanaConfig) -> String {
@@ -241,8 +255,8 @@ impl AsanaSource {
         let mut last_prune = tokio::time::Instant::now();
         let shutdown = ctx.shutdown.clone();
         let health = &ctx.health;
-        // The next page's request, running while this page is committed.
-        let mut ahead: Option<Ahead<Result<Prepared, SourceError>>> = None;
+        // The requests following this page, running while it is committed.
+        let mut ahead: Option<Ahead<Answer>> = None;
         while !shutdown.is_cancelled() {
             if !ctx.wait_for_outbox_room(id).await? {
                 break;
@@ -265,7 +279,7 @@ impl AsanaSource {
                     return Ok(true);
                 }
             }
-            let Some((position, fetched)) = self.next_page(track, &cursor, ahead.take(), ctx).await
+            let Some((position, fetched)) = self.next_page(track, &cursor, &mut ahead, ctx).await
             else {
                 break;
             };
@@ -276,11 +290,9 @@ impl AsanaSource {
                         pacing.expiry.reset();
                         pacing.expired_in_a_row = 0;
                     }
-                    // A full page without a next offset would otherwise be
-                    // fetched again at once, forever.
-                    let full =
-                        page.records >= self.client.page_size() && page.next_offset.is_some();
-                    if full {
+                    let full = page.full(self.client.page_size());
+                    // A running chain of requests goes on by itself.
+                    if full && ahead.is_none() {
                         ahead = self.request_ahead(&position, &page, ctx);
                     }
                     // A slice ends at its first empty page (Asana's "caught
@@ -295,13 +307,6 @@ impl AsanaSource {
                         .await
                     {
                         Ok(()) => {
-                            // Never the case: the request ahead was made with
-                            // the cursor this commit stored. Should they ever
-                            // differ, the cursor wins.
-                            if ahead.as_ref().is_some_and(|next| !next.continues(&cursor)) {
-                                tracing::warn!(source = %id, "the page requested ahead does not follow the stored cursor; dropped");
-                                ahead = None;
-                            }
                             health.succeeded();
                             if track == Track::Tail {
                                 self.accepted
@@ -342,6 +347,9 @@ impl AsanaSource {
                     (!full && track == Track::Tail).then_some(self.config.poll_interval)
                 }
                 Err(error) => {
+                    // The requests ahead stopped at the error; what follows
+                    // is asked from the cursor again.
+                    ahead = None;
                     self.on_error(track, error, &mut cursor, &mut pacing, ctx)
                         .await?
                 }
@@ -353,8 +361,8 @@ impl AsanaSource {
                 }
             }
         }
-        // A page fetched ahead but not committed is dropped: the stored
-        // cursor still points at it.
+        // Pages fetched ahead but not committed are dropped: the stored
+        // cursor still points at them.
         drop(ahead);
         Ok(false)
     }
@@ -375,22 +383,23 @@ impl AsanaSource {
         }
     }
 
-    /// The next page and the position it was requested with: the answer of
-    /// the request made ahead, if there is one, else a request made now
-    /// from the cursor. `None` on shutdown (nothing is in hand yet, so
-    /// dropping the request loses nothing).
+    /// The next pages to commit and the position the last of them was
+    /// requested with: the answers of the requests made ahead, if they go
+    /// on from `cursor` (every page that is ready, see [`gather`]), else a
+    /// page requested now from the cursor. `None` on shutdown (nothing is
+    /// in hand yet, so dropping the requests loses nothing).
     async fn next_page(
         &self,
         track: Track,
         cursor: &SourceCursor,
-        ahead: Option<Ahead<Result<Prepared, SourceError>>>,
+        ahead: &mut Option<Ahead<Answer>>,
         ctx: &SourceContext,
-    ) -> Option<(Position, Result<Prepared, SourceError>)> {
+    ) -> Option<Answer> {
         let health = &ctx.health;
-        if let Some(ahead) = ahead {
-            // It took its budget token when it started (or is still waiting
-            // for one after a 429 that came meanwhile), and it resolves the
-            // page's users within the enricher's bound.
+        if let Some(chain) = ahead.as_mut() {
+            // Its request took a budget token (or is still waiting for one
+            // after a 429 that came meanwhile), and it resolves the page's
+            // users within the enricher's bound.
             health.beat(
                 "fetching a page",
                 self.config.request_timeout
@@ -398,14 +407,20 @@ impl AsanaSource {
                     + self.mapper.enrich_bound()
                     + BEAT_SLACK,
             );
-            let position = ahead.position.clone();
-            let fetched = self.beating(ctx, ahead.finish()).await?;
-            let fetched = fetched.unwrap_or_else(|| {
-                Err(SourceError::Transient(
-                    "the request was cancelled".to_string(),
-                ))
-            });
-            return Some((position, fetched));
+            match self.beating(ctx, chain.next()).await? {
+                Some(answer) if continues(&answer.0, cursor) => {
+                    return Some(gather(answer, chain, self.client.page_size()));
+                }
+                // Never the case: the requests ahead follow the offsets of
+                // the pages committed. Should they ever differ, the cursor
+                // wins.
+                Some(_) => {
+                    tracing::warn!(source = %self.config.id, "the page requested ahead does not follow the stored cursor; dropped");
+                }
+                // It stopped: the rate budget holds requests back.
+                None => {}
+            }
+            *ahead = None;
         }
         let position = self.position(track, cursor);
         if !ctx.wait_for_budget(self.client.budget()).await {
@@ -448,30 +463,53 @@ impl AsanaSource {
         }
     }
 
-    /// Starts the request for the page after `page` (sent at `sent`), to
-    /// run while `page` is committed, and prepares its answer for its own
-    /// commit meanwhile: only when its offset is known and the rate budget
-    /// has a token now (a wait stays in the loop, under its heartbeat),
-    /// never on shutdown.
+    /// Starts following the stream from the page after `page` (sent at
+    /// `sent`) while `page` is committed: each page is requested once the
+    /// one before it answered full, and prepared for its commit. Each
+    /// request is made only when the rate budget has a token at once (a
+    /// wait stays in the loop, under its heartbeat), never on shutdown.
     fn request_ahead(
         &self,
         sent: &Position,
         page: &Prepared,
         ctx: &SourceContext,
-    ) -> Option<Ahead<Result<Prepared, SourceError>>> {
+    ) -> Option<Ahead<Answer>> {
         let offset = page.next_offset.clone()?;
-        if ctx.shutdown.is_cancelled() || !self.client.budget().delay().is_zero() {
+        let shutdown = ctx.shutdown.clone();
+        let go_on = move |client: &AsanaClient| {
+            !shutdown.is_cancelled() && client.budget().delay().is_zero()
+        };
+        if !go_on(&self.client) {
             return None;
         }
-        let position = following(sent, offset);
+        let mut position = following(sent, offset);
         // A clone shares the connection pool and the budget.
         let client = self.client.clone();
         let mapper = Arc::clone(&self.mapper);
-        let request = position.clone();
-        Some(Ahead::start(position, async move {
-            let page = client.fetch(&request).await?;
-            // No heartbeat from here: the loop's covers this task.
-            Ok(mapper.prepare(page, None).await)
+        let page_size = client.page_size();
+        Some(Ahead::start(AHEAD_PAGES, move |answers| async move {
+            loop {
+                let fetched = match client.fetch(&position).await {
+                    // No heartbeat from here: the loop's covers this task.
+                    Ok(page) => Ok(mapper.prepare(page, None).await),
+                    Err(e) => Err(e),
+                };
+                let next = match &fetched {
+                    Ok(page) if page.full(page_size) => page
+                        .next_offset
+                        .clone()
+                        .map(|offset| following(&position, offset)),
+                    _ => None,
+                };
+                // The loop is gone, or waits for its own request.
+                if answers.send((position, fetched)).await.is_err() {
+                    return;
+                }
+                match next {
+                    Some(next) if go_on(&client) => position = next,
+                    _ => return,
+                }
+            }
         }))
     }
 
@@ -924,17 +962,65 @@ fn following(sent: &Position, offset: String) -> Position {
     }
 }
 
+/// Whether a request sent from `position` is the one `cursor` resumes
+/// with (what [`AsanaSource::position`] makes of it, given an offset).
+fn continues(position: &Position, cursor: &SourceCursor) -> bool {
+    position.offset.is_some()
+        && position.offset == cursor.position
+        && Some(position.start_at.timestamp_millis()) == cursor.stream_start
+}
+
+/// The pages one commit stores: `first` and, while the page before is
+/// full, every answer `chain` has ready, up to [`GROUP_PAGES`] pages, with
+/// the position of the last. An error stops the group and stays in
+/// `chain` for the loop's next turn, after this group is committed.
+fn gather(first: Answer, chain: &mut Ahead<Answer>, page_size: usize) -> Answer {
+    let (mut last, mut fetched) = first;
+    if let Ok(group) = &mut fetched {
+        let mut pages = 1;
+        while pages < GROUP_PAGES && group.full(page_size) {
+            let Some((position, Ok(page))) = chain.ready_if(|(_, answer)| answer.is_ok()) else {
+                break;
+            };
+            group.append(page);
+            last = position;
+            pages += 1;
+        }
+    }
+    (last, fetched)
+}
+
 /// A page's records as its commit stores them, made before the commit:
-/// by the loop, or by the request made ahead while the page before it
-/// commits (so mapping and committing overlap).
+/// by the loop, or by the requests made ahead while the pages before
+/// commit (so mapping and committing overlap). Consecutive pages of a
+/// stream append into one ([`Prepared::append`]) to commit together.
 #[derive(Debug)]
 struct Prepared {
-    /// How many records the page had (a full page: more follow at once).
+    /// How many records the last page had (a full page: more follow at
+    /// once; an empty one ends a slice).
     records: usize,
-    /// `next_page.offset`.
+    /// The last page's `next_page.offset`.
     next_offset: Option<String>,
     events: Vec<NewEvent>,
     quarantined: Vec<Quarantined>,
+}
+
+impl Prepared {
+    /// Whether the page is full and names the next: more follow at once.
+    /// (A full page without a next offset would otherwise be fetched again
+    /// at once, forever.)
+    fn full(&self, page_size: usize) -> bool {
+        self.records >= page_size && self.next_offset.is_some()
+    }
+
+    /// Appends the page that follows this one, so both commit together:
+    /// what follows them is what follows `next`.
+    fn append(&mut self, next: Prepared) {
+        self.records = next.records;
+        self.next_offset = next.next_offset;
+        self.events.extend(next.events);
+        self.quarantined.extend(next.quarantined);
+    }
 }
 
 /// Turns a page into outbox entries: reads each record once, resolves the
@@ -1011,41 +1097,65 @@ impl Mapper {
     }
 }
 
-/// A request made ahead: it runs on its own task, so that it proceeds (and
-/// its page is prepared) while the loop commits the page before it.
-/// Dropping it aborts the request.
+/// Requests made ahead: a task of their own that hands its answers over in
+/// order, so that they proceed (and their pages are prepared) while the
+/// loop commits the pages before them. At most `capacity` answers wait;
+/// the task then waits too. Dropping it aborts the task.
 #[derive(Debug)]
 struct Ahead<T> {
-    /// Where it was sent from.
-    position: Position,
-    task: AbortOnDropHandle<T>,
+    answers: tokio::sync::mpsc::Receiver<T>,
+    /// An answer taken out but not used yet (see [`Ahead::ready_if`]).
+    held: Option<T>,
+    /// `None` once joined.
+    task: Option<AbortOnDropHandle<()>>,
 }
 
 impl<T: Send + 'static> Ahead<T> {
-    /// Starts `request` (sent from `position`) on its own task.
-    fn start(position: Position, request: impl Future<Output = T> + Send + 'static) -> Self {
+    /// Starts `run` on its own task, with the sender of its answers.
+    fn start<F, Fut>(capacity: usize, run: F) -> Self
+    where
+        F: FnOnce(tokio::sync::mpsc::Sender<T>) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let (sender, answers) = tokio::sync::mpsc::channel(capacity);
         Self {
-            position,
-            task: AbortOnDropHandle::new(tokio::spawn(request)),
+            answers,
+            held: None,
+            task: Some(AbortOnDropHandle::new(tokio::spawn(run(sender)))),
         }
     }
 
-    /// Whether it is the request `cursor` resumes with.
-    fn continues(&self, cursor: &SourceCursor) -> bool {
-        self.position.offset.is_some()
-            && self.position.offset == cursor.position
-            && Some(self.position.start_at.timestamp_millis()) == cursor.stream_start
+    /// The next answer; `None` once the task stopped and every answer was
+    /// taken. A panic in the task carries on here, in the loop's task.
+    async fn next(&mut self) -> Option<T> {
+        if let Some(answer) = self.held.take() {
+            return Some(answer);
+        }
+        if let Some(answer) = self.answers.recv().await {
+            return Some(answer);
+        }
+        if let Some(task) = self.task.take() {
+            if let Err(e) = task.await {
+                if let Ok(panic) = e.try_into_panic() {
+                    std::panic::resume_unwind(panic);
+                }
+            }
+        }
+        None
     }
 
-    /// Its answer; `None` when its task was cancelled (the runtime is
-    /// shutting down). A panic in it carries on here, in the loop's task.
-    async fn finish(self) -> Option<T> {
-        match self.task.await {
-            Ok(answer) => Some(answer),
-            Err(e) => match e.try_into_panic() {
-                Ok(panic) => std::panic::resume_unwind(panic),
-                Err(_) => None,
-            },
+    /// The next answer if it is there already and `wanted`; one that is not
+    /// stays for [`Ahead::next`].
+    fn ready_if(&mut self, wanted: impl FnOnce(&T) -> bool) -> Option<T> {
+        let answer = match self.held.take() {
+            Some(answer) => answer,
+            None => self.answers.try_recv().ok()?,
+        };
+        if wanted(&answer) {
+            Some(answer)
+        } else {
+            self.held = Some(answer);
+            None
         }
     }
 }
@@ -1181,8 +1291,7 @@ mod tests {
             last_event_time: None,
             last_event_id: None,
         };
-        let ahead = Ahead::start(next.clone(), async {});
-        assert!(ahead.continues(&cursor));
+        assert!(continues(&next, &cursor));
         // Exactly the request the loop makes from that cursor.
         let dir = tempfile::tempdir().unwrap();
         let state = SharedState::open(&dir.path().join("state.db")).unwrap();
@@ -1202,19 +1311,24 @@ mod tests {
                 ..cursor.clone()
             },
         ] {
-            assert!(!ahead.continues(&other), "{other:?}");
+            assert!(!continues(&next, &other), "{other:?}");
         }
     }
 
     #[tokio::test]
-    async fn a_request_ahead_answers_aborts_when_dropped_and_passes_panics_on() {
-        let position = Position {
-            start_at: Utc::now(),
-            end_at: None,
-            offset: Some("o".into()),
-        };
-        let ahead = Ahead::start(position.clone(), async { 7 });
-        assert_eq!(ahead.finish().await, Some(7));
+    async fn requests_ahead_answer_in_order_abort_when_dropped_and_pass_panics_on() {
+        let mut ahead = Ahead::start(2, |answers| async move {
+            for n in 1..=3 {
+                answers.send(n).await.unwrap();
+            }
+        });
+        assert_eq!(ahead.next().await, Some(1));
+        // One not wanted stays for the next call.
+        assert_eq!(ahead.ready_if(|n| *n > 5), None);
+        assert_eq!(ahead.next().await, Some(2));
+        assert_eq!(ahead.next().await, Some(3));
+        assert_eq!(ahead.next().await, None);
+        assert_eq!(ahead.next().await, None);
 
         // Dropped while in flight: the request stops (its future is dropped).
         struct Flag(Arc<AtomicBool>);
@@ -1226,7 +1340,7 @@ mod tests {
         let dropped = Arc::new(AtomicBool::new(false));
         let (started_tx, started) = tokio::sync::oneshot::channel();
         let flag = Flag(Arc::clone(&dropped));
-        let ahead = Ahead::start(position.clone(), async move {
+        let ahead = Ahead::<()>::start(1, |_| async move {
             let _flag = flag;
             let _ = started_tx.send(());
             std::future::pending::<()>().await;
@@ -1239,13 +1353,147 @@ mod tests {
             tokio::task::yield_now().await;
         }
 
-        // A panic in the request is a panic of the loop, as before.
-        let ahead = Ahead::<()>::start(position, async { panic!("boom in the request") });
-        let caller = tokio::spawn(ahead.finish()).await.unwrap_err();
+        // A panic in the requests is a panic of the loop, as before, once
+        // the answers sent before it are taken.
+        let mut ahead = Ahead::start(1, |answers| async move {
+            answers.send(1).await.unwrap();
+            panic!("boom in the request")
+        });
+        assert_eq!(ahead.next().await, Some(1));
+        let caller = tokio::spawn(async move { ahead.next().await })
+            .await
+            .unwrap_err();
         let panic = caller.into_panic();
         assert_eq!(
             panic.downcast_ref::<&str>().copied(),
             Some("boom in the request")
+        );
+    }
+
+    /// A prepared page of `records` events named `first`, `first + 1`, …,
+    /// sent with offset `sent`, naming `next` as the next.
+    fn prepared(first: u32, records: u32, sent: &str, next: Option<&str>) -> Answer {
+        let position = Position {
+            start_at: DateTime::from_timestamp_millis(1_767_000_000_000).unwrap(),
+            end_at: None,
+            offset: Some(sent.into()),
+        };
+        let events = (first..first + records)
+            .map(|n| NewEvent {
+                event_id: n.to_string(),
+                event_time: i64::from(n),
+                payload: format!("{{\"n\":{n}}}"),
+            })
+            .collect();
+        let page = Prepared {
+            records: records as usize,
+            next_offset: next.map(str::to_string),
+            events,
+            quarantined: vec![Quarantined {
+                reason: format!("record 0 of page {sent}"),
+                raw: sent.into(),
+            }],
+        };
+        (position, Ok(page))
+    }
+
+    /// Requests ahead that have `answers` ready.
+    async fn ready(answers: Vec<Answer>) -> Ahead<Answer> {
+        let count = answers.len();
+        let ahead = Ahead::start(count.max(1), |sender| async move {
+            for answer in answers {
+                sender.send(answer).await.unwrap();
+            }
+        });
+        // Wait until all of them are in the channel.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while ahead.answers.len() < count {
+            assert!(tokio::time::Instant::now() < deadline, "answers not sent");
+            tokio::task::yield_now().await;
+        }
+        ahead
+    }
+
+    fn ids(answer: &Answer) -> Vec<String> {
+        let page = answer.1.as_ref().unwrap();
+        page.events.iter().map(|e| e.event_id.clone()).collect()
+    }
+
+    #[tokio::test]
+    async fn pages_ready_ahead_commit_together_up_to_a_short_page_an_error_or_the_cap() {
+        // Full pages then a short one: one group, in order, ending as the
+        // short page ends; what follows it stays.
+        let mut chain = ready(vec![
+            prepared(3, 3, "b", Some("c")),
+            prepared(6, 1, "c", Some("d")),
+            prepared(7, 3, "d", Some("e")),
+        ])
+        .await;
+        let group = gather(prepared(0, 3, "a", Some("b")), &mut chain, 3);
+        assert_eq!(
+            group.0.offset.as_deref(),
+            Some("c"),
+            "the last page's position"
+        );
+        assert_eq!(ids(&group), ["0", "1", "2", "3", "4", "5", "6"]);
+        let page = group.1.as_ref().unwrap();
+        assert_eq!((page.records, page.next_offset.as_deref()), (1, Some("d")));
+        assert!(!page.full(3));
+        let reasons: Vec<&str> = page.quarantined.iter().map(|q| q.reason.as_str()).collect();
+        assert_eq!(
+            reasons,
+            [
+                "record 0 of page a",
+                "record 0 of page b",
+                "record 0 of page c"
+            ]
+        );
+        assert_eq!(
+            chain.next().await.map(|a| ids(&a)),
+            Some(vec!["7".into(), "8".into(), "9".into()])
+        );
+
+        // An error ends the group and is the next answer.
+        let mut chain = ready(vec![
+            prepared(3, 3, "b", Some("c")),
+            (
+                prepared(0, 0, "c", None).0,
+                Err(SourceError::Transient("reset".into())),
+            ),
+        ])
+        .await;
+        let group = gather(prepared(0, 3, "a", Some("b")), &mut chain, 3);
+        assert_eq!(ids(&group), ["0", "1", "2", "3", "4", "5"]);
+        assert!(group.1.as_ref().unwrap().full(3));
+        let (position, error) = chain.next().await.unwrap();
+        assert_eq!(position.offset.as_deref(), Some("c"));
+        assert!(matches!(error, Err(SourceError::Transient(_))), "{error:?}");
+
+        // At most GROUP_PAGES pages.
+        let pages: Vec<Answer> = (1..=GROUP_PAGES as u32 + 2)
+            .map(|n| prepared(n * 2, 2, &format!("p{n}"), Some(&format!("p{}", n + 1))))
+            .collect();
+        let mut chain = ready(pages).await;
+        let group = gather(prepared(0, 2, "p0", Some("p1")), &mut chain, 2);
+        assert_eq!(ids(&group).len(), GROUP_PAGES * 2);
+        let last = format!("p{}", GROUP_PAGES - 1);
+        assert_eq!(group.0.offset.as_deref(), Some(last.as_str()));
+        let next = chain.next().await.unwrap();
+        assert_eq!(
+            next.0.offset.as_deref(),
+            Some(format!("p{GROUP_PAGES}").as_str())
+        );
+
+        // An error first is passed on as it is, nothing taken after it.
+        let mut chain = ready(vec![prepared(3, 3, "b", Some("c"))]).await;
+        let first = (
+            prepared(0, 0, "a", None).0,
+            Err(SourceError::Transient("x".into())),
+        );
+        assert!(gather(first, &mut chain, 3).1.is_err());
+        assert_eq!(
+            chain.next().await.map(|a| ids(&a)),
+            Some(vec!["3".into(), "4".into(), "5".into()])
         );
     }
 

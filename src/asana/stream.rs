@@ -417,7 +417,8 @@ impl AsanaSource {
                 Some(_) => {
                     tracing::warn!(source = %self.config.id, "the page requested ahead does not follow the stored cursor; dropped");
                 }
-                // It stopped: the rate budget holds requests back.
+                // It stopped: after a page that was not full, or while
+                // the rate budget holds requests back.
                 None => {}
             }
             *ahead = None;
@@ -501,7 +502,8 @@ impl AsanaSource {
                         .map(|offset| following(&position, offset)),
                     _ => None,
                 };
-                // The loop is gone, or waits for its own request.
+                // The loop dropped the requests (a failed commit, an
+                // error, shutdown).
                 if answers.send((position, fetched)).await.is_err() {
                     return;
                 }

@@ -92,9 +92,17 @@ struct Context<'a> {
     oauth_app_name: Text<'a>,
 }
 
-/// Visitor methods that read a number, a boolean or `null` as `$absent`.
-macro_rules! absent_scalars {
+/// Visitor methods that read a number, a boolean, `null` or an array (its
+/// elements skipped) as `$absent`.
+macro_rules! absent_values {
     ($absent:expr) => {
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            Ok($absent)
+        }
         fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
             Ok($absent)
         }
@@ -149,18 +157,13 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Lenient<T> {
                 map: A,
             ) -> Result<Self::Value, A::Error> {
                 // The objects read this way have only `Text` fields, which
-                // take any value: an object never fails here.
+                // take any value. What still fails is an object that is not
+                // one (a key given twice): the record is quarantined with
+                // the reason, as it is for a key twice at the top level.
                 T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
                     .map(|v| Lenient(Some(v)))
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<Self::Value, A::Error> {
-                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-                Ok(Lenient(None))
-            }
-            absent_scalars!(Lenient(None));
+            absent_values!(Lenient(None));
             fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
                 Ok(Lenient(None))
             }
@@ -207,14 +210,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
                 {}
                 Ok(Text(None))
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<Self::Value, A::Error> {
-                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-                Ok(Text(None))
-            }
-            absent_scalars!(Text(None));
+            absent_values!(Text(None));
         }
         deserializer.deserialize_any(Visit(std::marker::PhantomData))
     }
@@ -508,6 +504,13 @@ mod tests {
         assert_eq!(named_users(&raw), ["5"]);
         // The record itself must be an object with a gid and a time.
         assert!(build(r#"{"gid":"1","created_at":7}"#).is_err());
+        // A key given twice inside a party is no object: the record goes to
+        // quarantine with the reason (it is never dropped silently).
+        let twice = build(
+            r#"{"gid":"1","created_at":"2026-01-05T10:15:30Z","actor":{"gid":"1","gid":"2"}}"#,
+        )
+        .unwrap_err();
+        assert!(twice.contains("duplicate field `gid`"), "{twice}");
     }
 
     #[test]

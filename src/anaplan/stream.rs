@@ -1094,7 +1094,7 @@ mod tests {
         other.busy_timeout(Duration::from_secs(10)).unwrap();
         other
             .execute_batch(&format!(
-                "CREATE TRIGGER fail_page BEFORE INSERT ON outbox WHEN NEW.event_id = '{failing}'
+                "CREATE TRIGGER fail_page BEFORE INSERT ON seen WHEN NEW.event_id = '{failing}'
                  BEGIN SELECT RAISE(ABORT, 'injected'); END;"
             ))
             .unwrap();

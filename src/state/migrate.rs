@@ -39,6 +39,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "0005_backfill.sql",
         sql: include_str!("../../migrations/0005_backfill.sql"),
     },
+    Migration {
+        version: 6,
+        name: "0006_outbox_rows.sql",
+        sql: include_str!("../../migrations/0006_outbox_rows.sql"),
+    },
 ];
 
 /// The schema version this binary writes.
@@ -47,6 +52,12 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].version;
 /// Brings the schema up to [`SCHEMA_VERSION`], refusing a database written by
 /// a newer binary. Returns the version found before migrating.
 pub(super) fn migrate(conn: &mut Connection) -> Result<i64, StateError> {
+    migrate_to(conn, SCHEMA_VERSION)
+}
+
+/// [`migrate`], stopping at `target`: tests build a file as an older
+/// binary left it.
+pub(super) fn migrate_to(conn: &mut Connection, target: i64) -> Result<i64, StateError> {
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
              version    INTEGER PRIMARY KEY,
@@ -61,7 +72,10 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<i64, StateError> {
             known: SCHEMA_VERSION,
         });
     }
-    for migration in MIGRATIONS.iter().filter(|m| m.version > found) {
+    for migration in MIGRATIONS
+        .iter()
+        .filter(|m| m.version > found && m.version <= target)
+    {
         let tx = conn.transaction()?;
         tx.execute_batch(migration.sql)
             .map_err(|cause| StateError::Migration {

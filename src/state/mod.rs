@@ -11,6 +11,7 @@
 //! [`SharedState`], which runs each call on tokio's blocking pool.
 
 mod migrate;
+mod outbox;
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -55,6 +56,10 @@ pub enum StateError {
     /// SQLite itself failed.
     #[error("state database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// An outbox row does not decode: the file was changed by something
+    /// other than auditrelay, or is damaged.
+    #[error("outbox row ending at seq {last_seq} is unreadable: {reason}")]
+    UnreadableOutbox { last_seq: i64, reason: String },
     /// The blocking task running the query panicked or was cancelled.
     #[error("state database task failed: {0}")]
     Task(String),
@@ -416,7 +421,8 @@ impl StateDb {
         Ok(removed as u64)
     }
 
-    /// Events in the outbox (rows are deleted as a prefix, so seq bounds it).
+    /// Events in the outbox (rows are deleted as a prefix, so seqs bound
+    /// it), counting the acknowledged events of a row not yet trimmed.
     /// Two index lookups whatever the depth (see [`OUTBOX_DEPTH`]).
     pub fn outbox_depth(&self) -> Result<i64, StateError> {
         Ok(self
@@ -438,7 +444,7 @@ impl StateDb {
         // The seq of the oldest row still here, minus one: where a sink with
         // nothing missed stands at least.
         let floor: i64 = tx.query_row(
-            "SELECT COALESCE((SELECT MIN(seq) - 1 FROM outbox),
+            "SELECT COALESCE((SELECT first_seq - 1 FROM outbox ORDER BY last_seq LIMIT 1),
                              (SELECT seq FROM sqlite_sequence WHERE name = 'outbox'),
                              0)",
             [],
@@ -483,13 +489,9 @@ impl StateDb {
             .unwrap_or(0))
     }
 
-    /// Up to `limit` outbox rows after `after`, in order.
+    /// Up to `limit` outbox events after seq `after`, in order.
     pub fn read_outbox(&self, after: i64, limit: usize) -> Result<Vec<OutboxRecord>, StateError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, source_id, event_id, payload FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-        )?;
-        let rows = stmt.query_map(params![after, limit as i64], OutboxRecord::from_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        outbox::read(&self.conn, after, limit)
     }
 
     /// Acknowledges a batch of which `rejected` were refused for good: they
@@ -639,16 +641,11 @@ impl StateDb {
         Ok(())
     }
 
-    /// Deletes outbox rows every active sink acknowledged. Returns how many.
+    /// Deletes the outbox rows whose every event all active sinks
+    /// acknowledged (a row holds up to [`outbox::ROW_EVENTS`] consecutive
+    /// events). Returns how many events left.
     pub fn trim_outbox(&mut self) -> Result<u64, StateError> {
-        let removed = self
-            .conn
-            .prepare_cached(
-                "DELETE FROM outbox WHERE seq <=
-                     (SELECT MIN(acked_seq) FROM sink_progress WHERE active = 1)",
-            )?
-            .execute([])?;
-        Ok(removed as u64)
+        outbox::trim(&self.conn)
     }
 
     /// Every stored cursor, as (source id, kind, cursor).
@@ -701,7 +698,8 @@ impl StateDb {
         let sources = self.cursors()?;
         let sinks = self.sink_progress()?;
         let (oldest, newest): (Option<i64>, Option<i64>) = self.conn.query_row(
-            "SELECT (SELECT MIN(seq) FROM outbox), (SELECT MAX(seq) FROM outbox)",
+            "SELECT (SELECT first_seq FROM outbox ORDER BY last_seq LIMIT 1),
+                    (SELECT MAX(last_seq) FROM outbox)",
             [],
             |row| Ok((row.get(0)?, row.get(1)?)),
         )?;
@@ -738,35 +736,18 @@ pub(super) fn store_page(
             "INSERT OR IGNORE INTO seen (source_id, event_id, event_time, seen_at)
              VALUES (?1, ?2, ?3, ?4)",
         )?;
-        let mut outbox = tx.prepare_cached(
-            "INSERT INTO outbox (source_id, event_id, event_time, enqueued_at, payload, cum_bytes)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?;
-        // Running payload total, so a sink's backlog in bytes is two
-        // lookups instead of a scan (see `observe`).
-        let mut cum_bytes: i64 = tx
-            .prepare_cached("SELECT cum_bytes FROM outbox ORDER BY seq DESC LIMIT 1")?
-            .query_row([], |row| row.get(0))
-            .optional()?
-            .unwrap_or(0);
+        let mut outbox = outbox::Appender::new(tx, source_id, now)?;
         for event in events {
             let fresh =
                 seen.execute(params![source_id, event.event_id, event.event_time, now])? == 1;
             if fresh {
-                cum_bytes += i64::try_from(event.payload.len()).unwrap_or(i64::MAX);
-                outbox.execute(params![
-                    source_id,
-                    event.event_id,
-                    event.event_time,
-                    now,
-                    event.payload,
-                    cum_bytes
-                ])?;
+                outbox.push(event)?;
                 outcome.stored += 1;
             } else {
                 outcome.duplicates += 1;
             }
         }
+        outbox.flush()?;
         let mut quarantine = tx.prepare_cached(
             "INSERT OR IGNORE INTO quarantine (source_id, reason, raw, raw_hash, received_at)
              VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -781,11 +762,13 @@ pub(super) fn store_page(
     Ok(outcome)
 }
 
-/// The outbox depth. MIN and MAX each in its own subquery: SQLite answers
-/// a lone `MIN(seq)` or `MAX(seq)` from one end of the table's b-tree, but
-/// `SELECT MAX(seq) - MIN(seq)` in one query reads every row.
-const OUTBOX_DEPTH: &str =
-    "SELECT COALESCE((SELECT MAX(seq) FROM outbox) - (SELECT MIN(seq) FROM outbox) + 1, 0)";
+/// The outbox depth: the events of the rows present, from the first seq of
+/// the oldest row to the newest seq. Each end in its own subquery on the
+/// key, so SQLite reads one end of the table's b-tree for each; one
+/// `SELECT MAX(..) - MIN(..)` would read every row.
+const OUTBOX_DEPTH: &str = "SELECT COALESCE(
+         (SELECT MAX(last_seq) FROM outbox)
+         - (SELECT first_seq FROM outbox ORDER BY last_seq LIMIT 1) + 1, 0)";
 
 /// What a source had read belongs to its old position once the cursor is
 /// reset: a backfill under way goes, and so does the point it read through

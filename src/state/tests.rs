@@ -18,6 +18,14 @@ fn cursor(pos: &str, last: i64) -> SourceCursor {
     }
 }
 
+/// Commits events named and timed 1, 2, … as one page of `source`.
+fn commit_events(db: &mut StateDb, source: &str, ids: std::ops::RangeInclusive<i64>) {
+    let last = *ids.end();
+    let events: Vec<_> = ids.map(|i| event(&i.to_string(), i)).collect();
+    db.commit_page(source, "asana", &events, &[], &cursor("p", last))
+        .unwrap();
+}
+
 fn open_tmp() -> (tempfile::TempDir, StateDb) {
     let dir = tempfile::tempdir().unwrap();
     let db = StateDb::open(&dir.path().join("sub/state.db")).unwrap();
@@ -106,10 +114,11 @@ fn failed_commit_moves_nothing() {
     let (_dir, mut db) = open_tmp();
     db.commit_page("a", "asana", &[event("1", 10)], &[], &cursor("p1", 10))
         .unwrap();
-    // Make the outbox insert fail half way through the page.
+    // Make the commit fail half way through the page, after event 2 went
+    // into the dedup window.
     db.conn
         .execute_batch(
-            "CREATE TRIGGER fail_on_boom BEFORE INSERT ON outbox WHEN NEW.event_id = 'boom'
+            "CREATE TRIGGER fail_on_boom BEFORE INSERT ON seen WHEN NEW.event_id = 'boom'
              BEGIN SELECT RAISE(ABORT, 'injected'); END;",
         )
         .unwrap();
@@ -120,7 +129,8 @@ fn failed_commit_moves_nothing() {
         &[],
         &cursor("p2", 30),
     );
-    assert!(err.is_err());
+    let err = err.unwrap_err().to_string();
+    assert!(err.contains("injected"), "{err}");
     assert_eq!(
         db.cursor("a").unwrap().unwrap().position.as_deref(),
         Some("p1")
@@ -137,9 +147,17 @@ fn failed_commit_moves_nothing() {
 #[test]
 fn progress_is_monotonic_and_trim_waits_for_every_active_sink() {
     let (_dir, mut db) = open_tmp();
-    let events: Vec<_> = (1..=5).map(|i| event(&i.to_string(), i)).collect();
-    db.commit_page("a", "asana", &events, &[], &cursor("p", 5))
+    // One page per event, so every event is a row of its own.
+    for i in 1..=5 {
+        db.commit_page(
+            "a",
+            "asana",
+            &[event(&i.to_string(), i)],
+            &[],
+            &cursor("p", i),
+        )
         .unwrap();
+    }
     let missed = db
         .register_sinks(&[("file".into(), "file"), ("out".into(), "stdout")])
         .unwrap();
@@ -171,14 +189,7 @@ fn progress_is_monotonic_and_trim_waits_for_every_active_sink() {
 fn new_sink_on_an_empty_but_used_outbox_starts_after_the_last_seq() {
     let (_dir, mut db) = open_tmp();
     db.register_sinks(&[("file".into(), "file")]).unwrap();
-    db.commit_page(
-        "a",
-        "asana",
-        &[event("1", 1), event("2", 2)],
-        &[],
-        &cursor("p", 2),
-    )
-    .unwrap();
+    commit_events(&mut db, "a", 1..=2);
     db.ack("file", 2).unwrap();
     db.trim_outbox().unwrap();
     db.register_sinks(&[("file".into(), "file"), ("new".into(), "file")])
@@ -395,14 +406,11 @@ fn backlog_per_sink_matches_a_full_count_after_trims() {
     db.ack("a", 30).unwrap();
     db.ack("b", 70).unwrap();
     db.trim_outbox().unwrap();
+    // Counted event by event, from what the sink would read.
     let exact = |db: &StateDb, acked: i64| -> (i64, i64) {
-        db.conn
-            .query_row(
-                "SELECT COUNT(*), COALESCE(SUM(octet_length(payload)), 0) FROM outbox WHERE seq > ?1",
-                [acked],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
-            .unwrap()
+        let pending = db.read_outbox(acked, usize::MAX).unwrap();
+        let bytes = pending.iter().map(|r| r.payload.len() as i64).sum();
+        (pending.len() as i64, bytes)
     };
     let observed = db.observe().unwrap();
     for (sink, acked) in [("a", 30), ("b", 70)] {
@@ -565,18 +573,200 @@ fn outbox_depth_reads_the_ends_of_the_outbox_not_every_row() {
     db.commit_page("a", "asana", &events, &[], &cursor("p", 2_000))
         .unwrap();
     db.register_sinks(&[("file".into(), "file")]).unwrap();
-    db.ack("file", 500).unwrap();
-    db.trim_outbox().unwrap();
-    assert_eq!(db.outbox_depth().unwrap(), 1_500);
+    // Rows go whole: acknowledging 4 rows and some of the 5th trims 4.
+    let row = super::outbox::ROW_EVENTS as i64;
+    db.ack("file", 4 * row + 10).unwrap();
+    assert_eq!(db.trim_outbox().unwrap(), 4 * row as u64);
+    assert_eq!(db.outbox_depth().unwrap(), 2_000 - 4 * row);
     // The statement the call used, with its counter of virtual machine
     // steps: a handful for two b-tree ends, thousands for a scan.
     let mut stmt = db.conn.prepare_cached(OUTBOX_DEPTH).unwrap();
     stmt.reset_status(rusqlite::StatementStatus::VmStep);
     let depth: i64 = stmt.query_row([], |row| row.get(0)).unwrap();
-    assert_eq!(depth, 1_500);
+    assert_eq!(depth, 2_000 - 4 * row);
     let steps = stmt.get_status(rusqlite::StatementStatus::VmStep);
     assert!(
         steps < 100,
         "{steps} steps: the depth query scans the outbox"
     );
+}
+
+#[test]
+fn events_are_stored_as_rows_of_consecutive_seqs_and_read_from_any_seq() {
+    let (_dir, mut db) = open_tmp();
+    db.register_sinks(&[("file".into(), "file")]).unwrap();
+    let row = outbox::ROW_EVENTS as i64;
+    // A page of 2½ rows' events, then one event too big to share a row.
+    let events: Vec<_> = (1..=2 * row + row / 2)
+        .map(|i| event(&format!("e{i}"), i))
+        .collect();
+    db.commit_page("a", "asana", &events, &[], &cursor("p1", 1))
+        .unwrap();
+    let mut big = event("big", 1);
+    big.payload = format!("{{\"pad\":\"{}\"}}", "x".repeat(outbox::ROW_BYTES));
+    db.commit_page(
+        "b",
+        "asana",
+        &[event("b1", 1), big, event("b2", 1)],
+        &[],
+        &cursor("p", 1),
+    )
+    .unwrap();
+    let rows: Vec<(i64, i64, String)> = db
+        .conn
+        .prepare("SELECT first_seq, last_seq, source_id FROM outbox ORDER BY last_seq")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let n = 2 * row + row / 2;
+    let a = |first, last| (first, last, "a".to_string());
+    let b = |first, last| (first, last, "b".to_string());
+    assert_eq!(
+        rows,
+        [
+            a(1, row),
+            a(row + 1, 2 * row),
+            a(2 * row + 1, n),
+            b(n + 1, n + 1),
+            b(n + 2, n + 2),
+            b(n + 3, n + 3)
+        ],
+        "rows end at the event bound, the byte bound and the page"
+    );
+    // Every event reads back with its own seq, from any seq on, across rows.
+    let all = db.read_outbox(0, usize::MAX).unwrap();
+    assert_eq!(all.len() as i64, n + 3);
+    for (i, record) in all.iter().enumerate() {
+        assert_eq!(record.seq, i as i64 + 1);
+    }
+    assert_eq!(all[0].event_id, "e1");
+    assert_eq!(all[n as usize + 1].event_id, "big");
+    assert_eq!(all[n as usize + 2].payload, "{\"id\":\"b2\"}");
+    let middle = db.read_outbox(row - 2, 5).unwrap();
+    let ids: Vec<_> = middle.iter().map(|r| r.event_id.as_str()).collect();
+    let expected: Vec<String> = (row - 1..=row + 3).map(|i| format!("e{i}")).collect();
+    assert_eq!(ids, expected);
+    assert_eq!(middle[0].seq, row - 1);
+    assert!(db.read_outbox(n + 3, 10).unwrap().is_empty());
+    assert!(db.read_outbox(0, 0).unwrap().is_empty());
+
+    // A row stays until all of it is acknowledged; the sink reads on from
+    // inside it, and a sink added now starts at the row's first event.
+    db.ack("file", row + 3).unwrap();
+    assert_eq!(db.trim_outbox().unwrap(), row as u64);
+    assert_eq!(db.outbox_depth().unwrap(), n + 3 - row);
+    assert_eq!(db.read_outbox(row + 3, 1).unwrap()[0].seq, row + 4);
+    db.register_sinks(&[("file".into(), "file"), ("late".into(), "file")])
+        .unwrap();
+    assert_eq!(db.acked_seq("late").unwrap(), row);
+}
+
+#[test]
+fn an_outbox_row_that_does_not_decode_is_an_error_naming_it() {
+    let (_dir, mut db) = open_tmp();
+    commit_events(&mut db, "a", 1..=2);
+    // A row that claims more events than it holds.
+    db.conn
+        .execute("UPDATE outbox SET first_seq = 0 WHERE last_seq = 2", [])
+        .unwrap();
+    let err = db.read_outbox(0, 10).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "outbox row ending at seq 2 is unreadable: it holds 2 events, its seqs 0..=2 say 3"
+    );
+    db.conn
+        .execute(
+            "UPDATE outbox SET first_seq = 1, events = CAST('1 99\n1{}' AS BLOB) WHERE last_seq = 2",
+            [],
+        )
+        .unwrap();
+    let err = db.read_outbox(0, 10).unwrap_err().to_string();
+    assert!(
+        err.starts_with("outbox row ending at seq 2 is unreadable: an entry needs 99 bytes"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_version_5_outbox_migrates_event_by_event_and_keeps_its_seqs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let mut conn = Connection::open(&path).unwrap();
+    migrate::migrate_to(&mut conn, 5).unwrap();
+    // As version 5 stored them: one row per event, the first two trimmed.
+    let mut cum = 0;
+    for seq in 1..=5 {
+        let payload = format!("{{\"id\":\"é{seq}\"}}");
+        cum += payload.len() as i64;
+        conn.execute(
+            "INSERT INTO outbox (source_id, event_id, event_time, enqueued_at, payload, cum_bytes)
+             VALUES ('s', ?1, ?2, 7, ?3, ?4)",
+            params![format!("é{seq}"), seq, payload, cum],
+        )
+        .unwrap();
+    }
+    conn.execute_batch(
+        "DELETE FROM outbox WHERE seq <= 2;
+         INSERT INTO sink_progress (sink_id, kind, acked_seq, updated_at) VALUES ('f', 'file', 3, 0);",
+    )
+    .unwrap();
+    drop(conn);
+
+    let mut db = StateDb::open(&path).unwrap();
+    let records = db.read_outbox(0, 10).unwrap();
+    let got: Vec<_> = records
+        .iter()
+        .map(|r| {
+            (
+                r.seq,
+                r.source_id.as_str(),
+                r.event_id.as_str(),
+                r.payload.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (3, "s", "é3", "{\"id\":\"é3\"}"),
+            (4, "s", "é4", "{\"id\":\"é4\"}"),
+            (5, "s", "é5", "{\"id\":\"é5\"}"),
+        ]
+    );
+    let observed = db.observe().unwrap();
+    let sink = &observed.sinks[0];
+    assert_eq!(
+        (sink.events, sink.bytes),
+        (2, 2 * "{\"id\":\"é4\"}".len() as i64)
+    );
+    // Seqs go on after the highest one, also once the outbox is empty.
+    db.ack("f", 5).unwrap();
+    assert_eq!(db.trim_outbox().unwrap(), 3);
+    db.commit_page("s", "asana", &[event("6", 6)], &[], &cursor("p", 6))
+        .unwrap();
+    assert_eq!(db.read_outbox(5, 10).unwrap()[0].seq, 6);
+}
+
+#[test]
+fn a_version_5_file_with_an_emptied_outbox_keeps_its_last_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let mut conn = Connection::open(&path).unwrap();
+    migrate::migrate_to(&mut conn, 5).unwrap();
+    conn.execute_batch(
+        "INSERT INTO outbox (source_id, event_id, event_time, enqueued_at, payload, cum_bytes)
+         VALUES ('s', 'e1', 1, 1, '{}', 2), ('s', 'e2', 1, 1, '{}', 4);
+         DELETE FROM outbox;",
+    )
+    .unwrap();
+    drop(conn);
+    let mut db = StateDb::open(&path).unwrap();
+    assert_eq!(db.outbox_depth().unwrap(), 0);
+    db.register_sinks(&[("new".into(), "file")]).unwrap();
+    assert_eq!(db.acked_seq("new").unwrap(), 2);
+    db.commit_page("s", "asana", &[event("e3", 3)], &[], &cursor("p", 3))
+        .unwrap();
+    assert_eq!(db.read_outbox(0, 10).unwrap()[0].seq, 3);
 }

@@ -885,6 +885,11 @@ impl StateLock {
 #[derive(Debug, Clone)]
 pub struct SharedState {
     db: Arc<Mutex<StateDb>>,
+    /// One call at a time goes to the blocking pool; the others wait here,
+    /// as tasks, in arrival order. Waiting on `db`'s lock instead would
+    /// park one pool thread per waiting caller, and every such thread
+    /// grows the process's memory (an allocator arena of its own).
+    turn: Arc<tokio::sync::Semaphore>,
     /// The outbox depth as of the latest page commit or depth query
     /// through this handle (or its clones); `i64::MAX` before the first.
     /// Only sinks' trims lower the depth between two of those, so it is
@@ -902,6 +907,7 @@ impl SharedState {
     pub fn new(db: StateDb) -> Self {
         Self {
             db: Arc::new(Mutex::new(db)),
+            turn: Arc::new(tokio::sync::Semaphore::new(1)),
             depth_hint: Arc::new(AtomicI64::new(i64::MAX)),
         }
     }
@@ -979,8 +985,14 @@ impl SharedState {
         T: Send + 'static,
         F: FnOnce(&mut StateDb) -> Result<T, StateError> + Send + 'static,
     {
+        let turn = Arc::clone(&self.turn)
+            .acquire_owned()
+            .await
+            .map_err(|e| StateError::Task(e.to_string()))?;
         let db = Arc::clone(&self.db);
         tokio::task::spawn_blocking(move || {
+            // Held until the call ends, even if its caller stops waiting.
+            let _turn = turn;
             // A poisoned lock means a panic mid-call; SQLite rolled the open
             // transaction back, so the connection itself is still sound.
             let mut guard = db.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

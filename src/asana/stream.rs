@@ -18,10 +18,12 @@
 //! [`RateBudget`](crate::budget::RateBudget) first.
 //!
 //! Pipelining: a full page comes with the offset of the next one, so a task
-//! ([`Ahead`]) follows the offsets from there, fetching and preparing one
-//! page after another while the loop commits, until a page is not full, a
-//! request fails, or the rate budget holds requests back. One request at
-//! most per stream is in flight, and at most [`AHEAD_PAGES`] answers wait.
+//! ([`Ahead`]) follows the offsets from there, fetching one page after
+//! another while a task of its own prepares them in order and the loop
+//! commits, until a page is not full, a request fails, or the rate budget
+//! holds requests back. One request at most per stream is in flight, at
+//! most [`FETCHED_PAGES`] fetched pages wait to be prepared, and at most
+//! [`AHEAD_PAGES`] answers wait.
 //! The loop commits every page that is ready, up to [`GROUP_PAGES`], in one
 //! transaction with the cursor after the last of them (group commit: the
 //! commit's fixed costs are paid once per group, not once per page). An
@@ -73,6 +75,10 @@ const COMMIT_BOUND: Duration = Duration::from_secs(120);
 
 /// Answers (prepared pages) the requests made ahead may hold for the loop.
 const AHEAD_PAGES: usize = 8;
+
+/// Pages fetched ahead that may wait to be prepared (besides the one being
+/// prepared).
+const FETCHED_PAGES: usize = 2;
 
 /// The most pages committed in one transaction.
 const GROUP_PAGES: usize = 8;
@@ -489,29 +495,43 @@ impl AsanaSource {
         let mapper = Arc::clone(&self.mapper);
         let page_size = client.page_size();
         Some(Ahead::start(AHEAD_PAGES, move |answers| async move {
+            // Pages are prepared on a task of their own, in order, so that
+            // preparing one and fetching the next run at the same time.
+            let (fetched_pages, mut to_prepare) = tokio::sync::mpsc::channel(FETCHED_PAGES);
+            let preparing = AbortOnDropHandle::new(tokio::spawn(async move {
+                while let Some((position, fetched)) = to_prepare.recv().await {
+                    let answer = match fetched {
+                        // No heartbeat from here: the loop's covers this task.
+                        Ok(page) => Ok(mapper.prepare(page, None).await),
+                        Err(e) => Err(e),
+                    };
+                    // The loop dropped the requests (a failed commit, an
+                    // error, shutdown).
+                    if answers.send((position, answer)).await.is_err() {
+                        return;
+                    }
+                }
+            }));
             loop {
-                let fetched = match client.fetch(&position).await {
-                    // No heartbeat from here: the loop's covers this task.
-                    Ok(page) => Ok(mapper.prepare(page, None).await),
-                    Err(e) => Err(e),
-                };
+                let fetched: Result<Page, SourceError> = client.fetch(&position).await;
                 let next = match &fetched {
-                    Ok(page) if page.full(page_size) => page
+                    Ok(page) if is_full(page.records.len(), &page.next_offset, page_size) => page
                         .next_offset
                         .clone()
                         .map(|offset| following(&position, offset)),
                     _ => None,
                 };
-                // The loop dropped the requests (a failed commit, an
-                // error, shutdown).
-                if answers.send((position, fetched)).await.is_err() {
-                    return;
+                if fetched_pages.send((position, fetched)).await.is_err() {
+                    break;
                 }
                 match next {
                     Some(next) if go_on(&client) => position = next,
-                    _ => return,
+                    _ => break,
                 }
             }
+            drop(fetched_pages);
+            // The pages still being prepared.
+            join_carrying_panics(preparing).await;
         }))
     }
 
@@ -1007,12 +1027,17 @@ struct Prepared {
     quarantined: Vec<Quarantined>,
 }
 
+/// Whether a page of `records` records is full and names the next page:
+/// more follow at once. (A full page without a next offset would otherwise
+/// be fetched again at once, forever.)
+fn is_full(records: usize, next_offset: &Option<String>, page_size: usize) -> bool {
+    records >= page_size && next_offset.is_some()
+}
+
 impl Prepared {
-    /// Whether the page is full and names the next: more follow at once.
-    /// (A full page without a next offset would otherwise be fetched again
-    /// at once, forever.)
+    /// Whether the page is full and names the next (see [`is_full`]).
     fn full(&self, page_size: usize) -> bool {
-        self.records >= page_size && self.next_offset.is_some()
+        is_full(self.records, &self.next_offset, page_size)
     }
 
     /// Appends the page that follows this one, so both commit together:
@@ -1137,11 +1162,7 @@ impl<T: Send + 'static> Ahead<T> {
             return Some(answer);
         }
         if let Some(task) = self.task.take() {
-            if let Err(e) = task.await {
-                if let Ok(panic) = e.try_into_panic() {
-                    std::panic::resume_unwind(panic);
-                }
-            }
+            join_carrying_panics(task).await;
         }
         None
     }
@@ -1158,6 +1179,16 @@ impl<T: Send + 'static> Ahead<T> {
         } else {
             self.held = Some(answer);
             None
+        }
+    }
+}
+
+/// Waits for a task to end; a panic in it carries on in the caller's task
+/// (an aborted task just ended).
+async fn join_carrying_panics(task: AbortOnDropHandle<()>) {
+    if let Err(e) = task.await {
+        if let Ok(panic) = e.try_into_panic() {
+            std::panic::resume_unwind(panic);
         }
     }
 }

@@ -272,7 +272,7 @@ pub enum StartAt {
 #[derive(Debug, Clone)]
 pub struct SinkConfig {
     pub id: String,
-    /// Outbox rows per delivery.
+    /// Events per delivery (default 500; 1000 for the file sink).
     pub batch_size: usize,
     /// Backoff between failed deliveries.
     pub retry: BackoffPolicy,

@@ -92,6 +92,10 @@ fn defaults_fill_a_minimal_config() {
     assert_eq!(asana.base_url, "https://app.asana.com/api/1.0");
     assert_eq!(config.state.dedup_window, Duration::from_secs(86400));
     assert_eq!(config.sinks[0].batch_size, 500);
+    // A file sink's batches end with an fsync: larger by default.
+    let file = MINIMAL.replace("kind = \"stdout\"", "kind = \"file\"\npath = \"out.jsonl\"");
+    let config = load_with_env(&write(&dir, &file), env(&[])).unwrap();
+    assert_eq!(config.sinks[0].batch_size, 1000);
     assert_eq!(asana.requests_per_minute, 1500);
     assert_eq!(asana.enrich, crate::enrich::EnrichConfig::default());
     assert!(asana.enrich.enabled);

@@ -22,8 +22,8 @@
 //! another while a task of its own prepares them in order and the loop
 //! commits, until a page is not full, a request fails, or the rate budget
 //! holds requests back. One request at most per stream is in flight, at
-//! most [`FETCHED_PAGES`] fetched pages wait to be prepared, and at most
-//! [`AHEAD_PAGES`] answers wait.
+//! most [`FETCHED_PAGES`] fetched pages wait to be prepared (and one more
+//! to be handed over), and at most [`AHEAD_PAGES`] answers wait.
 //! The loop commits every page that is ready, up to [`GROUP_PAGES`], in one
 //! transaction with the cursor after the last of them (group commit: the
 //! commit's fixed costs are paid once per group, not once per page). An

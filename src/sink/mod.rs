@@ -111,14 +111,14 @@ pub enum Stopped {
     DestinationClosed,
 }
 
-/// What a sink does next: replay dead letters, or deliver outbox rows.
+/// What a sink does next: replay dead letters, or deliver outbox events.
 enum Work {
     Replay(Vec<OutboxRecord>),
     Outbox(Vec<OutboxRecord>),
 }
 
 /// The next batch after `acked`: dead letters marked for replay first
-/// (`auditrelay dlq replay`), then outbox rows (possibly none).
+/// (`auditrelay dlq replay`), then outbox events (possibly none).
 fn next_work(
     db: &mut crate::state::StateDb,
     sink_id: &str,

@@ -421,8 +421,8 @@ impl StateDb {
         Ok(removed as u64)
     }
 
-    /// Events in the outbox (rows are deleted as a prefix, so seqs bound
-    /// it), counting the acknowledged events of a row not yet trimmed.
+    /// Events in the outbox that some active sink has not acknowledged
+    /// (seqs are contiguous, so two ends and the least progress bound it).
     /// Two index lookups whatever the depth (see [`OUTBOX_DEPTH`]).
     pub fn outbox_depth(&self) -> Result<i64, StateError> {
         Ok(self
@@ -629,7 +629,7 @@ impl StateDb {
         Ok(changed as u64)
     }
 
-    /// Records that `sink_id` acknowledged every row up to `seq`. Progress
+    /// Records that `sink_id` acknowledged every event up to `seq`. Progress
     /// never moves backwards.
     pub fn ack(&mut self, sink_id: &str, seq: i64) -> Result<(), StateError> {
         self.conn
@@ -762,13 +762,18 @@ pub(super) fn store_page(
     Ok(outcome)
 }
 
-/// The outbox depth: the events of the rows present, from the first seq of
-/// the oldest row to the newest seq. Each end in its own subquery on the
-/// key, so SQLite reads one end of the table's b-tree for each; one
-/// `SELECT MAX(..) - MIN(..)` would read every row.
+/// The outbox depth: the events some active sink has not acknowledged,
+/// from the newest seq back to the oldest row's first event or the least
+/// progress of the active sinks, whichever is later (a row partly
+/// acknowledged by all of them stays until all of it is). Each end of the
+/// outbox in its own subquery on the key, so SQLite reads one end of the
+/// table's b-tree for each; one `SELECT MAX(..) - MIN(..)` would read every
+/// row. `sink_progress` has a row per sink.
 const OUTBOX_DEPTH: &str = "SELECT COALESCE(
          (SELECT MAX(last_seq) FROM outbox)
-         - (SELECT first_seq FROM outbox ORDER BY last_seq LIMIT 1) + 1, 0)";
+         - MAX((SELECT first_seq FROM outbox ORDER BY last_seq LIMIT 1) - 1,
+               COALESCE((SELECT MIN(acked_seq) FROM sink_progress WHERE active = 1), 0)),
+         0)";
 
 /// What a source had read belongs to its old position once the cursor is
 /// reset: a backfill under way goes, and so does the point it read through

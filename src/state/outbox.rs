@@ -207,6 +207,14 @@ pub(super) fn read(
         let mut seq = first_seq;
         for entry in Entries::new(blob) {
             let (event_id, payload) = entry.map_err(|reason| unreadable(last_seq, reason))?;
+            if seq > last_seq {
+                // Checked before the event is handed out: its seq would
+                // belong to the next row.
+                return Err(unreadable(
+                    last_seq,
+                    format!("it holds more events than its seqs {first_seq}..={last_seq}"),
+                ));
+            }
             if seq > after {
                 records.push(OutboxRecord {
                     seq,
@@ -259,9 +267,17 @@ pub(super) fn payload_bytes_through(
 ) -> Result<i64, StateError> {
     let count = usize::try_from(through.min(last_seq) - first_seq + 1).unwrap_or(0);
     let mut bytes = 0i64;
+    let mut read = 0;
     for entry in Entries::new(blob).take(count) {
         let (_, payload) = entry.map_err(|reason| unreadable(last_seq, reason))?;
         bytes += i64::try_from(payload.len()).unwrap_or(i64::MAX);
+        read += 1;
+    }
+    if read < count {
+        return Err(unreadable(
+            last_seq,
+            format!("it holds {read} events, its seqs {first_seq}..={last_seq} say more"),
+        ));
     }
     Ok(bytes)
 }

@@ -573,17 +573,18 @@ fn outbox_depth_reads_the_ends_of_the_outbox_not_every_row() {
     db.commit_page("a", "asana", &events, &[], &cursor("p", 2_000))
         .unwrap();
     db.register_sinks(&[("file".into(), "file")]).unwrap();
-    // Rows go whole: acknowledging 4 rows and some of the 5th trims 4.
+    // Rows go whole: acknowledging 4 rows and some of the 5th trims 4; the
+    // depth counts what the sink has not acknowledged.
     let row = super::outbox::ROW_EVENTS as i64;
     db.ack("file", 4 * row + 10).unwrap();
     assert_eq!(db.trim_outbox().unwrap(), 4 * row as u64);
-    assert_eq!(db.outbox_depth().unwrap(), 2_000 - 4 * row);
+    assert_eq!(db.outbox_depth().unwrap(), 2_000 - 4 * row - 10);
     // The statement the call used, with its counter of virtual machine
     // steps: a handful for two b-tree ends, thousands for a scan.
     let mut stmt = db.conn.prepare_cached(OUTBOX_DEPTH).unwrap();
     stmt.reset_status(rusqlite::StatementStatus::VmStep);
     let depth: i64 = stmt.query_row([], |row| row.get(0)).unwrap();
-    assert_eq!(depth, 2_000 - 4 * row);
+    assert_eq!(depth, 2_000 - 4 * row - 10);
     let steps = stmt.get_status(rusqlite::StatementStatus::VmStep);
     assert!(
         steps < 100,
@@ -656,7 +657,8 @@ fn events_are_stored_as_rows_of_consecutive_seqs_and_read_from_any_seq() {
     // inside it, and a sink added now starts at the row's first event.
     db.ack("file", row + 3).unwrap();
     assert_eq!(db.trim_outbox().unwrap(), row as u64);
-    assert_eq!(db.outbox_depth().unwrap(), n + 3 - row);
+    assert_eq!(db.outbox_depth().unwrap(), n - row, "not yet acknowledged");
+    assert_eq!(db.summary().unwrap().outbox_oldest_seq, Some(row + 1));
     assert_eq!(db.read_outbox(row + 3, 1).unwrap()[0].seq, row + 4);
     db.register_sinks(&[("file".into(), "file"), ("late".into(), "file")])
         .unwrap();
@@ -686,6 +688,35 @@ fn an_outbox_row_that_does_not_decode_is_an_error_naming_it() {
     assert!(
         err.starts_with("outbox row ending at seq 2 is unreadable: an entry needs 99 bytes"),
         "{err}"
+    );
+    // A row holding more events than its seqs: the surplus is never handed
+    // out under the next row's seqs, not even when the limit is reached
+    // inside it.
+    db.conn
+        .execute(
+            "UPDATE outbox SET first_seq = 2, events = CAST('1 2\n1{}1 2\n2{}' AS BLOB) WHERE last_seq = 2",
+            [],
+        )
+        .unwrap();
+    let err = db.read_outbox(1, 2).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "outbox row ending at seq 2 is unreadable: it holds more events than its seqs 2..=2"
+    );
+    // A sink stopped inside a row that holds fewer events than its seqs:
+    // the backlog says so instead of counting too little.
+    db.register_sinks(&[("file".into(), "file")]).unwrap();
+    db.conn
+        .execute(
+            "UPDATE outbox SET first_seq = 0, events = CAST('1 2\n1{}' AS BLOB) WHERE last_seq = 2",
+            [],
+        )
+        .unwrap();
+    db.ack("file", 1).unwrap();
+    let err = db.observe().unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "outbox row ending at seq 2 is unreadable: it holds 1 events, its seqs 0..=2 say more"
     );
 }
 

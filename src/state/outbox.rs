@@ -157,9 +157,8 @@ impl<'t, 'c> Appender<'t, 'c> {
         if self.row.events == 0 {
             return Ok(());
         }
-        let row = std::mem::take(&mut self.row);
-        let count = i64::try_from(row.events).unwrap_or(i64::MAX);
-        let bytes = i64::try_from(row.bytes).unwrap_or(i64::MAX);
+        let count = i64::try_from(self.row.events).unwrap_or(i64::MAX);
+        let bytes = i64::try_from(self.row.bytes).unwrap_or(i64::MAX);
         let first_seq = self.last_seq + 1;
         self.last_seq += count;
         self.cum_bytes += bytes;
@@ -175,8 +174,13 @@ impl<'t, 'c> Appender<'t, 'c> {
                 self.now,
                 bytes,
                 self.cum_bytes,
-                row.blob
+                self.row.blob
             ])?;
+        // The buffer is kept for the next row: a fresh one of this size
+        // would be mapped and faulted in anew each time.
+        self.row.events = 0;
+        self.row.bytes = 0;
+        self.row.blob.clear();
         Ok(())
     }
 }

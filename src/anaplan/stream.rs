@@ -510,7 +510,12 @@ impl AnaplanSource {
                 Err(reason) => {
                     tracing::warn!(source = %self.config.id, record = index, reason = %reason, "quarantined a record");
                     quarantined.push(Quarantined {
-                        reason: format!("record {index} of page: {reason}"),
+                        reason: format!(
+                            "record {index} of the page at offset {} of window {}..{}: {reason}",
+                            window.offset,
+                            format_time(window.from),
+                            format_time(window.to)
+                        ),
                         raw: raw.get().to_string(),
                     });
                 }
@@ -840,6 +845,37 @@ mod tests {
                 .collect(),
             total,
         }
+    }
+
+    #[tokio::test]
+    async fn a_quarantined_record_names_its_page_and_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = source(dir.path());
+        let (mut cursor, mut progress, window) = first_pass(&source);
+        source
+            .store_page(&mut cursor, &mut progress, window, page(0..50, Some(100)))
+            .await
+            .unwrap();
+        let mut second = page(50..100, Some(100));
+        second.records[10] =
+            serde_json::value::to_raw_value(&serde_json::json!({"id": 60, "eventDate": "soon"}))
+                .unwrap();
+        let window = progress.window.unwrap();
+        source
+            .store_page(&mut cursor, &mut progress, window, second)
+            .await
+            .unwrap();
+        let reason: String = rusqlite::Connection::open(dir.path().join("state.db"))
+            .unwrap()
+            .query_row("SELECT reason FROM quarantine", [], |row| row.get(0))
+            .unwrap();
+        assert!(
+            reason.starts_with(
+                "record 10 of the page at offset 50 of window \
+                 1970-01-01T00:00:00.000Z..1970-01-01T00:00:10.000Z: "
+            ),
+            "{reason}"
+        );
     }
 
     #[tokio::test]

@@ -440,7 +440,7 @@ impl AsanaSource {
             self.config.request_timeout + self.client.budget().delay() + BEAT_SLACK,
         );
         let fetched = match self.beating(ctx, self.client.fetch(&position)).await? {
-            Ok(page) => Ok(self.mapper.prepare(page, Some(health)).await),
+            Ok(page) => Ok(self.mapper.prepare(page, &position, Some(health)).await),
             Err(e) => Err(e),
         };
         Some((position, fetched))
@@ -502,7 +502,7 @@ impl AsanaSource {
                 while let Some((position, fetched)) = to_prepare.recv().await {
                     let answer = match fetched {
                         // No heartbeat from here: the loop's covers this task.
-                        Ok(page) => Ok(mapper.prepare(page, None).await),
+                        Ok(page) => Ok(mapper.prepare(page, &position, None).await),
                         Err(e) => Err(e),
                     };
                     // The loop dropped the requests (a failed commit, an
@@ -1027,6 +1027,18 @@ struct Prepared {
     quarantined: Vec<Quarantined>,
 }
 
+/// A page as a quarantine reason names it: by the offset it was requested
+/// with, or as the first page of its stream.
+fn page_name(sent: &Position) -> String {
+    match &sent.offset {
+        Some(offset) => format!("the page at offset {offset}"),
+        None => format!(
+            "the first page from {}",
+            format_time(sent.start_at.timestamp_millis())
+        ),
+    }
+}
+
 /// Whether a page of `records` records is full and names the next page:
 /// more follow at once. (A full page without a next offset would otherwise
 /// be fetched again at once, forever.)
@@ -1068,10 +1080,10 @@ impl Mapper {
             .map_or(Duration::ZERO, |e| e.config().bound)
     }
 
-    /// Prepares `page` for its commit. `health`: the loop's component, to
-    /// beat while users are resolved (`None` in a request made ahead,
-    /// whose wait the loop's heartbeat covers).
-    async fn prepare(&self, page: Page, health: Option<&Component>) -> Prepared {
+    /// Prepares `page`, requested at `sent`, for its commit. `health`: the
+    /// loop's component, to beat while users are resolved (`None` in a
+    /// request made ahead, whose wait the loop's heartbeat covers).
+    async fn prepare(&self, page: Page, sent: &Position, health: Option<&Component>) -> Prepared {
         let records: Vec<event::Parsed<'_>> =
             page.records.iter().map(|r| event::parse(r)).collect();
         let users = self.resolve_users(&records, health).await;
@@ -1088,7 +1100,8 @@ impl Mapper {
                 Err(reason) => {
                     tracing::warn!(source = %self.source_id, record = index, reason = %reason, "quarantined a record");
                     quarantined.push(Quarantined {
-                        reason: format!("record {index} of page: {reason}"),
+                        // Pages commit in groups: the reason names its page.
+                        reason: format!("record {index} of {}: {reason}", page_name(sent)),
                         raw: page.records[index].get().to_string(),
                     });
                 }
@@ -1346,6 +1359,51 @@ mod tests {
         ] {
             assert!(!continues(&next, &other), "{other:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_quarantined_record_names_the_page_it_came_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = SharedState::open(&dir.path().join("state.db")).unwrap();
+        let source = source("http://127.0.0.1:9/api/1.0", "t0ken", &state);
+        let page = || {
+            Page {
+            records: [
+                r#"{"gid":"1","created_at":"2026-01-01T00:00:00Z","event_type":"x","actor":{"actor_type":"asana_support"}}"#,
+                r#"{"gid":"2","created_at":"not a time"}"#,
+            ]
+            .iter()
+            .map(|r| serde_json::value::RawValue::from_string((*r).to_string()).unwrap())
+            .collect(),
+            next_offset: Some("next".into()),
+        }
+        };
+        let start_at = DateTime::from_timestamp_millis(1_767_000_000_000).unwrap();
+        let first = Position {
+            start_at,
+            end_at: None,
+            offset: None,
+        };
+        let later = following(&first, "eyJvZmZzZXQiOjF9".into());
+        let reasons = futures::future::join_all([&first, &later].map(|sent| {
+            let mapper = Arc::clone(&source.mapper);
+            async move {
+                let prepared = mapper.prepare(page(), sent, None).await;
+                assert_eq!(prepared.events.len(), 1);
+                prepared.quarantined[0].reason.clone()
+            }
+        }))
+        .await;
+        assert!(
+            reasons[0].starts_with("record 1 of the first page from 2025-12-29T09:20:00.000Z: "),
+            "{}",
+            reasons[0]
+        );
+        assert!(
+            reasons[1].starts_with("record 1 of the page at offset eyJvZmZzZXQiOjF9: "),
+            "{}",
+            reasons[1]
+        );
     }
 
     #[tokio::test]

@@ -736,18 +736,15 @@ pub(super) fn store_page(
             "INSERT OR IGNORE INTO seen (source_id, event_id, event_time, seen_at)
              VALUES (?1, ?2, ?3, ?4)",
         )?;
-        let mut outbox = outbox::Appender::new(tx, source_id, now)?;
+        let mut fresh = Vec::with_capacity(events.len());
         for event in events {
-            let fresh =
-                seen.execute(params![source_id, event.event_id, event.event_time, now])? == 1;
-            if fresh {
-                outbox.push(event)?;
-                outcome.stored += 1;
-            } else {
-                outcome.duplicates += 1;
+            if seen.execute(params![source_id, event.event_id, event.event_time, now])? == 1 {
+                fresh.push(event);
             }
         }
-        outbox.flush()?;
+        outcome.stored = fresh.len() as u64;
+        outcome.duplicates = (events.len() - fresh.len()) as u64;
+        outbox::append(tx, source_id, now, fresh)?;
         let mut quarantine = tx.prepare_cached(
             "INSERT OR IGNORE INTO quarantine (source_id, reason, raw, raw_hash, received_at)
              VALUES (?1, ?2, ?3, ?4, ?5)",

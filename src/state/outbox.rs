@@ -98,8 +98,23 @@ struct Row {
     blob: Vec<u8>,
 }
 
-/// Stores fresh events as rows inside the caller's transaction.
-pub(super) struct Appender<'t, 'c> {
+/// Stores `events` after the outbox's newest event, as rows, inside the
+/// caller's transaction.
+pub(super) fn append<'e>(
+    tx: &Transaction<'_>,
+    source_id: &str,
+    now: i64,
+    events: impl IntoIterator<Item = &'e NewEvent>,
+) -> Result<(), StateError> {
+    let mut appender = Appender::new(tx, source_id, now)?;
+    for event in events {
+        appender.push(event)?;
+    }
+    appender.flush()
+}
+
+/// Fills rows and stores each once it is full ([`append`]).
+struct Appender<'t, 'c> {
     tx: &'t Transaction<'c>,
     source_id: &'t str,
     now: i64,
@@ -110,11 +125,7 @@ pub(super) struct Appender<'t, 'c> {
 }
 
 impl<'t, 'c> Appender<'t, 'c> {
-    pub(super) fn new(
-        tx: &'t Transaction<'c>,
-        source_id: &'t str,
-        now: i64,
-    ) -> Result<Self, StateError> {
+    fn new(tx: &'t Transaction<'c>, source_id: &'t str, now: i64) -> Result<Self, StateError> {
         // sqlite_sequence holds the highest last_seq ever stored, also once
         // the outbox is empty; cum_bytes restarts with an empty outbox, as
         // only differences between rows present are used.
@@ -139,7 +150,7 @@ impl<'t, 'c> Appender<'t, 'c> {
     }
 
     /// Adds an event after the ones pushed before it.
-    pub(super) fn push(&mut self, event: &NewEvent) -> Result<(), StateError> {
+    fn push(&mut self, event: &NewEvent) -> Result<(), StateError> {
         if self.row.events > 0
             && (self.row.events == ROW_EVENTS || self.row.bytes + event.payload.len() > ROW_BYTES)
         {
@@ -151,9 +162,8 @@ impl<'t, 'c> Appender<'t, 'c> {
         Ok(())
     }
 
-    /// Stores the row being filled, if it holds any event. Call it before
-    /// the transaction commits.
-    pub(super) fn flush(&mut self) -> Result<(), StateError> {
+    /// Stores the row being filled, if it holds any event.
+    fn flush(&mut self) -> Result<(), StateError> {
         if self.row.events == 0 {
             return Ok(());
         }

@@ -894,7 +894,7 @@ pub struct SharedState {
     turn: Arc<tokio::sync::Semaphore>,
     /// The outbox depth as of the latest page commit or depth query
     /// through this handle (or its clones); `i64::MAX` before the first.
-    /// Only sinks' trims lower the depth between two of those, so it is
+    /// Only sinks (acknowledging) lower the depth between two of those, so it is
     /// never below the depth, apart from commits in flight.
     depth_hint: Arc<AtomicI64>,
 }

@@ -146,57 +146,11 @@ impl StateDb {
         let progress = self.sink_progress()?;
         let mut sinks = Vec::with_capacity(progress.len());
         {
-            // Seqs are contiguous (rows are trimmed only from the front), so
-            // the backlog is arithmetic on the first row after the sink's
-            // progress and the newest row: two lookups, and the sizes in the
-            // first row when the sink stopped inside it.
-            let newest: Option<(i64, i64)> = self
-                .conn
-                .query_row(
-                    "SELECT last_seq, cum_bytes FROM outbox ORDER BY last_seq DESC LIMIT 1",
-                    [],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
-                )
-                .optional()?;
-            let mut first_after = self.conn.prepare_cached(
-                "SELECT last_seq, first_seq, cum_bytes - bytes,
-                        CASE WHEN first_seq <= ?1 THEN events END
-                 FROM outbox WHERE last_seq > ?1 ORDER BY last_seq LIMIT 1",
-            )?;
-            let mut backlog = |acked: i64| -> Result<(i64, i64), StateError> {
-                let Some((newest_seq, newest_cum)) = newest else {
-                    return Ok((0, 0));
-                };
-                let mut rows = first_after.query([acked])?;
-                let Some(row) = rows.next()? else {
-                    return Ok((0, 0));
-                };
-                let (last_seq, first_seq, before): (i64, i64, i64) =
-                    (row.get(0)?, row.get(1)?, row.get(2)?);
-                // The sink stopped inside this row: its events up to the
-                // sink's seq are not part of the backlog.
-                let events = row.get_ref(3)?.as_blob_or_null().map_err(|e| {
-                    StateError::UnreadableOutbox {
-                        last_seq,
-                        reason: e.to_string(),
-                    }
-                })?;
-                let delivered = match events {
-                    Some(events) => {
-                        super::outbox::payload_bytes_through(last_seq, first_seq, events, acked)?
-                    }
-                    None => 0,
-                };
-                Ok((
-                    newest_seq - acked.max(first_seq - 1),
-                    (newest_cum - before - delivered).max(0),
-                ))
-            };
             let mut dead = self
                 .conn
                 .prepare_cached("SELECT COUNT(*) FROM dead_letter WHERE sink_id = ?1")?;
             for sink in progress {
-                let (events, bytes) = backlog(sink.acked_seq)?;
+                let (events, bytes) = super::outbox::backlog(&self.conn, sink.acked_seq)?;
                 let dead_letters = dead.query_row([&sink.sink_id], |row| row.get(0))?;
                 sinks.push(SinkBacklog {
                     sink_id: sink.sink_id,

@@ -423,11 +423,11 @@ impl StateDb {
 
     /// Events in the outbox that some active sink has not acknowledged
     /// (seqs are contiguous, so two ends and the least progress bound it).
-    /// Two index lookups whatever the depth (see [`OUTBOX_DEPTH`]).
+    /// Two index lookups whatever the depth (see [`outbox::DEPTH`]).
     pub fn outbox_depth(&self) -> Result<i64, StateError> {
         Ok(self
             .conn
-            .prepare_cached(OUTBOX_DEPTH)?
+            .prepare_cached(outbox::DEPTH)?
             .query_row([], |row| row.get(0))?)
     }
 
@@ -441,15 +441,12 @@ impl StateDb {
     ) -> Result<Vec<(String, i64)>, StateError> {
         let now = unix_ms_now();
         let tx = self.conn.transaction()?;
-        // The seq of the oldest row still here, minus one: where a sink with
-        // nothing missed stands at least.
-        let floor: i64 = tx.query_row(
-            "SELECT COALESCE((SELECT first_seq - 1 FROM outbox ORDER BY last_seq LIMIT 1),
-                             (SELECT seq FROM sqlite_sequence WHERE name = 'outbox'),
-                             0)",
-            [],
-            |row| row.get(0),
-        )?;
+        // Just before the oldest event still here (or after the last one
+        // given out): where a sink with nothing missed stands at least.
+        let floor = match outbox::ends(&tx)? {
+            (Some(oldest), _) => oldest - 1,
+            (None, _) => outbox::last_seq_given(&tx)?,
+        };
         let mut missed = Vec::new();
         for (id, _) in sinks {
             let stale: Option<i64> = tx
@@ -697,12 +694,7 @@ impl StateDb {
     pub fn summary(&self) -> Result<StateSummary, StateError> {
         let sources = self.cursors()?;
         let sinks = self.sink_progress()?;
-        let (oldest, newest): (Option<i64>, Option<i64>) = self.conn.query_row(
-            "SELECT (SELECT first_seq FROM outbox ORDER BY last_seq LIMIT 1),
-                    (SELECT MAX(last_seq) FROM outbox)",
-            [],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )?;
+        let (oldest, newest) = outbox::ends(&self.conn)?;
         let count = |sql: &str| -> Result<i64, StateError> {
             Ok(self.conn.query_row(sql, [], |row| row.get(0))?)
         };
@@ -758,19 +750,6 @@ pub(super) fn store_page(
     }
     Ok(outcome)
 }
-
-/// The outbox depth: the events some active sink has not acknowledged,
-/// from the newest seq back to the oldest row's first event or the least
-/// progress of the active sinks, whichever is later (a row partly
-/// acknowledged by all of them stays until all of it is). Each end of the
-/// outbox in its own subquery on the key, so SQLite reads one end of the
-/// table's b-tree for each; one `SELECT MAX(..) - MIN(..)` would read every
-/// row. `sink_progress` has a row per sink.
-const OUTBOX_DEPTH: &str = "SELECT COALESCE(
-         (SELECT MAX(last_seq) FROM outbox)
-         - MAX((SELECT first_seq FROM outbox ORDER BY last_seq LIMIT 1) - 1,
-               COALESCE((SELECT MIN(acked_seq) FROM sink_progress WHERE active = 1), 0)),
-         0)";
 
 /// What a source had read belongs to its old position once the cursor is
 /// reset: a backfill under way goes, and so does the point it read through

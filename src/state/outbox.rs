@@ -7,7 +7,7 @@
 //! events after a seq ([`read`]), and a row leaves the outbox once every
 //! active sink acknowledged all of its events ([`trim`]).
 
-use rusqlite::{params, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::{NewEvent, OutboxRecord, StateError};
 
@@ -39,7 +39,9 @@ impl<'a> Entries<'a> {
         Self { rest: blob }
     }
 
-    fn take(&mut self, len: usize) -> Result<&'a str, String> {
+    /// The next `len` bytes, as text. (Not `take`: that is the
+    /// iterator's.)
+    fn text(&mut self, len: usize) -> Result<&'a str, String> {
         if self.rest.len() < len {
             return Err(format!(
                 "an entry needs {len} bytes, {} are left",
@@ -63,7 +65,7 @@ impl<'a> Entries<'a> {
             .and_then(|(id, payload)| Some((id.parse().ok()?, payload.parse().ok()?)))
             .ok_or_else(|| format!("header {header:?} is not two sizes"))?;
         self.rest = &self.rest[end + 1..];
-        Ok((self.take(id_len)?, self.take(payload_len)?))
+        Ok((self.text(id_len)?, self.text(payload_len)?))
     }
 }
 
@@ -87,6 +89,66 @@ fn unreadable(last_seq: i64, reason: impl Into<String>) -> StateError {
     StateError::UnreadableOutbox {
         last_seq,
         reason: reason.into(),
+    }
+}
+
+/// The events of one row with their seqs, checked against the row's
+/// `first_seq..=last_seq`: an entry past `last_seq` is an error before it
+/// is handed out (its seq would be the next row's), and so is a row that
+/// ends before `last_seq`.
+struct RowEvents<'a> {
+    entries: Entries<'a>,
+    first_seq: i64,
+    last_seq: i64,
+    /// The seq of the next entry.
+    seq: i64,
+    done: bool,
+}
+
+impl<'a> RowEvents<'a> {
+    fn new(first_seq: i64, last_seq: i64, blob: &'a [u8]) -> Self {
+        Self {
+            entries: Entries::new(blob),
+            first_seq,
+            last_seq,
+            seq: first_seq,
+            done: false,
+        }
+    }
+
+    fn fail(&mut self, reason: String) -> Option<<Self as Iterator>::Item> {
+        self.done = true;
+        Some(Err(unreadable(self.last_seq, reason)))
+    }
+}
+
+impl<'a> Iterator for RowEvents<'a> {
+    /// (seq, event id, payload)
+    type Item = Result<(i64, &'a str, &'a str), StateError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let (first, last) = (self.first_seq, self.last_seq);
+        match self.entries.next() {
+            Some(Err(reason)) => self.fail(reason),
+            Some(Ok(_)) if self.seq > last => self.fail(format!(
+                "it holds more events than its seqs {first}..={last} name"
+            )),
+            Some(Ok((event_id, payload))) => {
+                self.seq += 1;
+                Some(Ok((self.seq - 1, event_id, payload)))
+            }
+            None if self.seq <= last => {
+                let held = self.seq - first;
+                self.fail(format!(
+                    "its seqs {first}..={last} name {} events, it holds {held}",
+                    last - first + 1
+                ))
+            }
+            None => None,
+        }
     }
 }
 
@@ -126,14 +188,9 @@ struct Appender<'t, 'c> {
 
 impl<'t, 'c> Appender<'t, 'c> {
     fn new(tx: &'t Transaction<'c>, source_id: &'t str, now: i64) -> Result<Self, StateError> {
-        // sqlite_sequence holds the highest last_seq ever stored, also once
-        // the outbox is empty; cum_bytes restarts with an empty outbox, as
-        // only differences between rows present are used.
-        let last_seq: i64 = tx
-            .prepare_cached(
-                "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'outbox'), 0)",
-            )?
-            .query_row([], |row| row.get(0))?;
+        let last_seq = last_seq_given(tx)?;
+        // cum_bytes restarts with an empty outbox: only differences between
+        // rows present are used.
         let cum_bytes: i64 = tx
             .prepare_cached("SELECT cum_bytes FROM outbox ORDER BY last_seq DESC LIMIT 1")?
             .query_row([], |row| row.get(0))
@@ -197,7 +254,7 @@ impl<'t, 'c> Appender<'t, 'c> {
 
 /// Up to `limit` events after seq `after`, in order.
 pub(super) fn read(
-    conn: &rusqlite::Connection,
+    conn: &Connection,
     after: i64,
     limit: usize,
 ) -> Result<Vec<OutboxRecord>, StateError> {
@@ -218,17 +275,8 @@ pub(super) fn read(
             .get_ref(3)?
             .as_blob()
             .map_err(|e| unreadable(last_seq, e.to_string()))?;
-        let mut seq = first_seq;
-        for entry in Entries::new(blob) {
-            let (event_id, payload) = entry.map_err(|reason| unreadable(last_seq, reason))?;
-            if seq > last_seq {
-                // Checked before the event is handed out: its seq would
-                // belong to the next row.
-                return Err(unreadable(
-                    last_seq,
-                    format!("it holds more events than its seqs {first_seq}..={last_seq}"),
-                ));
-            }
+        for event in RowEvents::new(first_seq, last_seq, blob) {
+            let (seq, event_id, payload) = event?;
             if seq > after {
                 records.push(OutboxRecord {
                     seq,
@@ -240,17 +288,6 @@ pub(super) fn read(
                     return Ok(records);
                 }
             }
-            seq += 1;
-        }
-        if seq != last_seq + 1 {
-            return Err(unreadable(
-                last_seq,
-                format!(
-                    "it holds {} events, its seqs {first_seq}..={last_seq} say {}",
-                    seq - first_seq,
-                    last_seq - first_seq + 1
-                ),
-            ));
         }
     }
     Ok(records)
@@ -258,7 +295,7 @@ pub(super) fn read(
 
 /// Deletes the rows whose every event all active sinks acknowledged.
 /// Returns how many events left.
-pub(super) fn trim(conn: &rusqlite::Connection) -> Result<u64, StateError> {
+pub(super) fn trim(conn: &Connection) -> Result<u64, StateError> {
     let mut stmt = conn.prepare_cached(
         "DELETE FROM outbox WHERE last_seq <=
              (SELECT MIN(acked_seq) FROM sink_progress WHERE active = 1)
@@ -272,28 +309,81 @@ pub(super) fn trim(conn: &rusqlite::Connection) -> Result<u64, StateError> {
     Ok(removed)
 }
 
-/// The payload bytes of the events of a row with seq up to `through`.
-pub(super) fn payload_bytes_through(
-    last_seq: i64,
-    first_seq: i64,
-    blob: &[u8],
-    through: i64,
-) -> Result<i64, StateError> {
-    let count = usize::try_from(through.min(last_seq) - first_seq + 1).unwrap_or(0);
-    let mut bytes = 0i64;
-    let mut read = 0;
-    for entry in Entries::new(blob).take(count) {
-        let (_, payload) = entry.map_err(|reason| unreadable(last_seq, reason))?;
-        bytes += i64::try_from(payload.len()).unwrap_or(i64::MAX);
-        read += 1;
+/// The events after `acked` and the bytes of their payloads: a sink's
+/// backlog. Seqs are contiguous and rows are trimmed only from the front,
+/// so this is arithmetic on the newest row and the first row after
+/// `acked`, whose blob is read only when the sink stopped inside it.
+pub(super) fn backlog(conn: &Connection, acked: i64) -> Result<(i64, i64), StateError> {
+    let newest: Option<(i64, i64)> = conn
+        .prepare_cached("SELECT last_seq, cum_bytes FROM outbox ORDER BY last_seq DESC LIMIT 1")?
+        .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    let Some((newest_seq, newest_cum)) = newest else {
+        return Ok((0, 0));
+    };
+    let mut first_after = conn.prepare_cached(
+        "SELECT last_seq, first_seq, cum_bytes - bytes,
+                CASE WHEN first_seq <= ?1 THEN events END
+         FROM outbox WHERE last_seq > ?1 ORDER BY last_seq LIMIT 1",
+    )?;
+    let mut rows = first_after.query([acked])?;
+    let Some(row) = rows.next()? else {
+        return Ok((0, 0));
+    };
+    let (last_seq, first_seq, before): (i64, i64, i64) = (row.get(0)?, row.get(1)?, row.get(2)?);
+    let mut delivered = 0i64;
+    let events = row
+        .get_ref(3)?
+        .as_blob_or_null()
+        .map_err(|e| unreadable(last_seq, e.to_string()))?;
+    if let Some(events) = events {
+        // The sink stopped inside this row: its events up to `acked` are
+        // not part of the backlog.
+        for event in RowEvents::new(first_seq, last_seq, events) {
+            let (seq, _, payload) = event?;
+            if seq > acked {
+                break;
+            }
+            delivered += i64::try_from(payload.len()).unwrap_or(i64::MAX);
+        }
     }
-    if read < count {
-        return Err(unreadable(
-            last_seq,
-            format!("it holds {read} events, its seqs {first_seq}..={last_seq} say more"),
-        ));
-    }
-    Ok(bytes)
+    Ok((
+        newest_seq - acked.max(first_seq - 1),
+        (newest_cum - before - delivered).max(0),
+    ))
+}
+
+/// The outbox depth: the events some active sink has not acknowledged,
+/// from the newest seq back to the oldest row's first event or the least
+/// progress of the active sinks, whichever is later (a row partly
+/// acknowledged by all of them stays until all of it is). Each end of the
+/// outbox in its own subquery on the key, so SQLite reads one end of the
+/// table's b-tree for each; one `SELECT MAX(..) - MIN(..)` would read every
+/// row. `sink_progress` has a row per sink.
+pub(super) const DEPTH: &str = "SELECT COALESCE(
+         (SELECT MAX(last_seq) FROM outbox)
+         - MAX((SELECT first_seq FROM outbox ORDER BY last_seq LIMIT 1) - 1,
+               COALESCE((SELECT MIN(acked_seq) FROM sink_progress WHERE active = 1), 0)),
+         0)";
+
+/// The seq of the oldest event still stored and of the newest, if any.
+pub(super) fn ends(conn: &Connection) -> Result<(Option<i64>, Option<i64>), StateError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT (SELECT first_seq FROM outbox ORDER BY last_seq LIMIT 1),
+                    (SELECT MAX(last_seq) FROM outbox)",
+        )?
+        .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))?)
+}
+
+/// The highest seq ever given out (0 for none): AUTOINCREMENT keeps it in
+/// sqlite_sequence, also once the outbox is empty.
+pub(super) fn last_seq_given(conn: &Connection) -> Result<i64, StateError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'outbox'), 0)",
+        )?
+        .query_row([], |row| row.get(0))?)
 }
 
 #[cfg(test)]

@@ -581,7 +581,7 @@ fn outbox_depth_reads_the_ends_of_the_outbox_not_every_row() {
     assert_eq!(db.outbox_depth().unwrap(), 2_000 - 4 * row - 10);
     // The statement the call used, with its counter of virtual machine
     // steps: a handful for two b-tree ends, thousands for a scan.
-    let mut stmt = db.conn.prepare_cached(OUTBOX_DEPTH).unwrap();
+    let mut stmt = db.conn.prepare_cached(outbox::DEPTH).unwrap();
     stmt.reset_status(rusqlite::StatementStatus::VmStep);
     let depth: i64 = stmt.query_row([], |row| row.get(0)).unwrap();
     assert_eq!(depth, 2_000 - 4 * row - 10);
@@ -676,7 +676,7 @@ fn an_outbox_row_that_does_not_decode_is_an_error_naming_it() {
     let err = db.read_outbox(0, 10).unwrap_err().to_string();
     assert_eq!(
         err,
-        "outbox row ending at seq 2 is unreadable: it holds 2 events, its seqs 0..=2 say 3"
+        "outbox row ending at seq 2 is unreadable: its seqs 0..=2 name 3 events, it holds 2"
     );
     db.conn
         .execute(
@@ -701,7 +701,7 @@ fn an_outbox_row_that_does_not_decode_is_an_error_naming_it() {
     let err = db.read_outbox(1, 2).unwrap_err().to_string();
     assert_eq!(
         err,
-        "outbox row ending at seq 2 is unreadable: it holds more events than its seqs 2..=2"
+        "outbox row ending at seq 2 is unreadable: it holds more events than its seqs 2..=2 name"
     );
     // A sink stopped inside a row that holds fewer events than its seqs:
     // the backlog says so instead of counting too little.
@@ -716,16 +716,22 @@ fn an_outbox_row_that_does_not_decode_is_an_error_naming_it() {
     let err = db.observe().unwrap_err().to_string();
     assert_eq!(
         err,
-        "outbox row ending at seq 2 is unreadable: it holds 1 events, its seqs 0..=2 say more"
+        "outbox row ending at seq 2 is unreadable: its seqs 0..=2 name 3 events, it holds 1"
     );
+}
+
+/// A state file as version 5 left it, at `state.db` in the directory.
+fn version_5_file() -> (tempfile::TempDir, Connection) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = Connection::open(dir.path().join("state.db")).unwrap();
+    migrate::migrate_to(&mut conn, 5).unwrap();
+    (dir, conn)
 }
 
 #[test]
 fn a_version_5_outbox_migrates_event_by_event_and_keeps_its_seqs() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, conn) = version_5_file();
     let path = dir.path().join("state.db");
-    let mut conn = Connection::open(&path).unwrap();
-    migrate::migrate_to(&mut conn, 5).unwrap();
     // As version 5 stored them: one row per event, the first two trimmed.
     let mut cum = 0;
     for seq in 1..=5 {
@@ -782,10 +788,8 @@ fn a_version_5_outbox_migrates_event_by_event_and_keeps_its_seqs() {
 
 #[test]
 fn a_version_5_file_with_an_emptied_outbox_keeps_its_last_seq() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, conn) = version_5_file();
     let path = dir.path().join("state.db");
-    let mut conn = Connection::open(&path).unwrap();
-    migrate::migrate_to(&mut conn, 5).unwrap();
     conn.execute_batch(
         "INSERT INTO outbox (source_id, event_id, event_time, enqueued_at, payload, cum_bytes)
          VALUES ('s', 'e1', 1, 1, '{}', 2), ('s', 'e2', 1, 1, '{}', 4);

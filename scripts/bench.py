@@ -3,8 +3,8 @@
 
 Runs the release binary as separate processes on loopback: the Asana
 and Anaplan simulators (`auditrelay simulate`), the daemon (`auditrelay
-run`), a Tansu broker for the Kafka rows, and the bare fetch loop
-(examples/fetch_loop).
+run`), a Tansu broker for the Kafka rows, the bare fetch loop
+(examples/fetch_loop) and the bare producer (examples/produce_loop).
 Progress goes to stderr; stdout gets the machine, the exact commands and
 configs, and one markdown table.
 
@@ -21,7 +21,7 @@ Environment (scripts/bench documents the same):
                            200,000; quick 20,000)
   BENCH_ANAPLAN_LATENCY=D  simulated latency of each Anaplan request
                            (default 400ms)
-  BENCH_SCENARIOS=a,b      subset of: fetch,backfill-file,backfill-kafka,
+  BENCH_SCENARIOS=a,b      subset of: fetch,produce,backfill-file,backfill-kafka,
                            live-file,live-kafka,anaplan-backfill,slices,serial
                            (default all)
   BENCH_SLICE_EVENTS=N     backlog of the rate-limit rows (default 1,000,000;
@@ -54,6 +54,7 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ["BENCH_BIN"]
 FETCH_LOOP = os.environ["BENCH_FETCH_LOOP"]
+PRODUCE_LOOP = os.environ.get("BENCH_PRODUCE_LOOP", "")
 TANSU = os.environ.get("BENCH_TANSU", "")
 QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
 EVENTS = int(os.environ.get("BENCH_EVENTS", "100000" if QUICK else "1000000"))
@@ -67,7 +68,7 @@ ANAPLAN_LATENCY = os.environ.get("BENCH_ANAPLAN_LATENCY", "400ms")
 # The daemon's default page size: the rows compare parallel_pages only.
 ANAPLAN_PAGE_SIZE = 1000
 ALL_SCENARIOS = [
-    "fetch", "backfill-file", "backfill-kafka", "live-file", "live-kafka", "anaplan-backfill",
+    "fetch", "produce", "backfill-file", "backfill-kafka", "live-file", "live-kafka", "anaplan-backfill",
     "slices", "serial",
 ]
 SLICE_EVENTS = int(os.environ.get("BENCH_SLICE_EVENTS", "100000" if QUICK else "1000000"))
@@ -86,6 +87,9 @@ TOKEN = "bench-token"
 WORKSPACE = "1200000000000000"
 TOPIC = "auditrelay.asana"
 KAFKA_PARTITIONS = 3
+# librdkafka's queue bounds for the Kafka rows (the daemon's sink and the
+# bare producer alike).
+KAFKA_QUEUE_PROPERTIES = [("queue.buffering.max.messages", "20000"), ("queue.buffering.max.kbytes", "16384")]
 SEED = 42
 # Loose ceilings, so a broken run ends instead of hanging.
 BACKFILL_TIMEOUT = 60 + EVENTS / 1000
@@ -380,9 +384,7 @@ brokers = "{broker.address}"
 topic = "auditrelay.{{source_kind}}"
 {batch}[sinks.kafka.properties]
 # librdkafka's own queue, bounded (its defaults allow 100,000 messages / 1 GiB).
-"queue.buffering.max.messages" = "20000"
-"queue.buffering.max.kbytes" = "16384"
-"""
+""" + "".join(f'"{name}" = "{value}"\n' for name, value in KAFKA_QUEUE_PROPERTIES)
     text = f"""shutdown_grace = "10s"
 [state]
 path = "{work}/state/state.db"
@@ -547,6 +549,49 @@ def run_fetch(base):
         "wall": result["seconds"],
         "eps": result["events_per_second"],
         "notes": f"{result['pages']} pages; simulator CPU {sim_cpu:.1f} s",
+    }
+
+
+def run_produce(base):
+    """The Kafka baseline: examples/produce_loop hands envelopes to Tansu
+    with the daemon's producer settings and the bench's queue bounds, as
+    fast as librdkafka takes them. No source, no state file, no batches."""
+    if not PRODUCE_LOOP:
+        raise RuntimeError("BENCH_PRODUCE_LOOP is not set (scripts/bench builds examples/produce_loop)")
+    name = "bare producer → kafka"
+    work = new_workdir(base, "produce")
+    broker = Broker(name, work)
+    # Only the sample records come from the simulator.
+    sim = Simulator(name, work, ["--events", "1000", "--backlog-span", "1h", "--rate", "0", "--max-live", "0"])
+    try:
+        cmd = [
+            PRODUCE_LOOP, "--base-url", sim.base_url, "--token", TOKEN,
+            "--brokers", broker.address, "--topic", TOPIC, "--messages", str(EVENTS),
+        ] + [arg for prop in KAFKA_QUEUE_PROPERTIES for arg in ("--property", "=".join(prop))]
+        proc = spawn(name, cmd, None, os.path.join(work, "produce_loop.err"), capture_stdout=True)
+        try:
+            out, _ = proc.communicate(timeout=BACKFILL_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise RuntimeError(f"produce loop timed out after {BACKFILL_TIMEOUT:.0f}s")
+        finally:
+            if proc in CHILDREN:
+                CHILDREN.remove(proc)
+        if proc.returncode != 0:
+            raise RuntimeError(f"produce loop failed: {open(os.path.join(work, 'produce_loop.err')).read()[-500:]}")
+        result = json.loads(out.decode().strip().splitlines()[-1])
+        broker_cpu = cpu_seconds(broker.proc.pid)
+    finally:
+        sim.stop()
+        broker.stop()
+    return {
+        "events": result["delivered"],
+        "wall": result["seconds"],
+        "eps": result["messages_per_second"],
+        "cpu_per_m": result["cpu_seconds"] / result["delivered"] * 1e6 if result["delivered"] else float("nan"),
+        "notes": f"{result['mean_bytes']} bytes per message on average (envelopes of the simulator's first"
+        f" 1,000 records, not enriched), {result['failed']} failed; broker CPU {broker_cpu:.1f} s",
     }
 
 
@@ -1005,6 +1050,8 @@ def table(results, baseline_eps):
         target, checks = "", []
         if name == "bare fetch loop":
             target = "baseline"
+        elif name.startswith("bare producer"):
+            target = "Kafka's ceiling here (not a target)"
         elif name.startswith("rate limit"):
             bound = RATE_LIMIT_BOUND_EPS
             if name.endswith("slices"):
@@ -1077,10 +1124,14 @@ def main():
             shutil.rmtree(base, ignore_errors=True)
 
 
+def needs_kafka(scenario):
+    return "kafka" in scenario or scenario == "produce"
+
+
 def run_all(base):
     info = machine(base)
     kafka_ok = True
-    if any("kafka" in s for s in SCENARIOS):
+    if any(needs_kafka(s) for s in SCENARIOS):
         try:
             import confluent_kafka  # noqa: F401
         except ImportError:
@@ -1093,6 +1144,7 @@ def run_all(base):
     results = []
     runs = {
         "fetch": ("bare fetch loop", run_fetch),
+        "produce": ("bare producer → kafka", run_produce),
         "backfill-file": ("backfill → file", lambda b: run_backfill(b, "file")),
         "backfill-kafka": ("backfill → kafka", lambda b: run_backfill(b, "kafka")),
         "live-file": ("live tail → file", lambda b: run_live(b, "file")),
@@ -1106,7 +1158,7 @@ def run_all(base):
             if key not in SCENARIOS:
                 continue
             name, fn = runs[key]
-            if "kafka" in key and not kafka_ok:
+            if needs_kafka(key) and not kafka_ok:
                 results.append((name, {"error": "skipped: tansu or confluent-kafka missing"}))
                 continue
             log(f"{name}: starting")

@@ -35,6 +35,9 @@ pub struct Envelope<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub category: Option<&'a str>,
     /// `success`, `failure` or `unknown`.
+    ///
+    /// [`EnvelopeMeta::read`] stops here: every field it reads comes
+    /// before this one.
     pub outcome: Outcome,
     /// Who did it.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -174,7 +177,7 @@ pub struct Client<'a> {
 
 /// The few envelope fields sinks put in their own headers (syslog MSGID
 /// and severity, Kafka headers), read back from a stored envelope.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, PartialEq, serde::Deserialize)]
 pub struct EnvelopeMeta<'a> {
     #[serde(borrow)]
     pub time: Option<Cow<'a, str>>,
@@ -190,17 +193,26 @@ pub struct EnvelopeMeta<'a> {
 }
 
 /// `source` of [`EnvelopeMeta`].
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, PartialEq, serde::Deserialize)]
 pub struct EnvelopeSource<'a> {
     #[serde(borrow)]
     pub kind: Option<Cow<'a, str>>,
 }
 
 impl<'a> EnvelopeMeta<'a> {
-    /// Reads `payload`; a payload that is not an envelope (which the
-    /// pipeline never stores) gives empty fields rather than an error.
+    /// Reads `payload` up to its `outcome`, without going through the
+    /// rest: [`Envelope`] writes every field read here before `outcome`,
+    /// and `actor`, `target`, `client` and `raw` after it make up most of
+    /// an envelope. On a payload that is not an envelope (which the
+    /// pipeline never stores), the fields found before what stopped the
+    /// reading are kept and the others are empty; there is no error.
     pub fn read(payload: &'a str) -> Self {
-        serde_json::from_str(payload).unwrap_or_default()
+        let mut meta = Self::default();
+        let mut reader = serde_json::Deserializer::from_str(payload);
+        // Stopping at `outcome` leaves the object unfinished, which
+        // serde_json reports as an error after `meta` has what it needs.
+        let _ = serde::de::DeserializeSeed::deserialize(MetaReader(&mut meta), &mut reader);
+        meta
     }
 
     /// The source's kind (`asana`), or empty.
@@ -209,6 +221,50 @@ impl<'a> EnvelopeMeta<'a> {
             .as_ref()
             .and_then(|s| s.kind.as_deref())
             .unwrap_or("")
+    }
+}
+
+/// Fills an [`EnvelopeMeta`] from an envelope's first fields.
+struct MetaReader<'m, 'a>(&'m mut EnvelopeMeta<'a>);
+
+/// A string borrowed from the payload where it has no escapes.
+#[derive(serde::Deserialize)]
+struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+
+impl<'a> serde::de::DeserializeSeed<'a> for MetaReader<'_, 'a> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'a>>(self, reader: D) -> Result<(), D::Error> {
+        reader.deserialize_map(self)
+    }
+}
+
+impl<'a> serde::de::Visitor<'a> for MetaReader<'_, 'a> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an envelope")
+    }
+
+    fn visit_map<M: serde::de::MapAccess<'a>>(self, mut fields: M) -> Result<(), M::Error> {
+        let text = |value: Option<Text<'a>>| value.map(|Text(text)| text);
+        while let Some(Text(key)) = fields.next_key::<Text<'a>>()? {
+            match key.as_ref() {
+                "envelope_version" => self.0.envelope_version = fields.next_value()?,
+                "source" => self.0.source = fields.next_value()?,
+                "time" => self.0.time = text(fields.next_value()?),
+                "type" => self.0.event_type = text(fields.next_value()?),
+                "category" => self.0.category = text(fields.next_value()?),
+                "outcome" => {
+                    self.0.outcome = text(fields.next_value()?);
+                    return Ok(());
+                }
+                _ => {
+                    fields.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -295,7 +351,16 @@ mod tests {
         let raw: Box<RawValue> =
             serde_json::from_str(r#"{"gid":"1","note":"é \" \u2028","n":12345678901234567890}"#)
                 .unwrap();
-        let envelope = Envelope {
+        let envelope = sample(&raw);
+        assert_eq!(
+            envelope.to_json().unwrap(),
+            serde_json::to_string(&envelope).unwrap()
+        );
+    }
+
+    /// An envelope naming an actor, with a type that needs an escape.
+    fn sample(raw: &RawValue) -> Envelope<'_> {
+        Envelope {
             envelope_version: ENVELOPE_VERSION,
             source: SourceRef {
                 kind: "asana",
@@ -317,12 +382,91 @@ mod tests {
             code: None,
             enrichment: Some(Enrichment::Enriched),
             gap: None,
-            raw: &raw,
+            raw,
+        }
+    }
+
+    #[test]
+    fn the_meta_read_up_to_outcome_is_the_whole_read_of_every_envelope() {
+        let raw: Box<RawValue> =
+            serde_json::from_str(r#"{"outcome":"failure","type":"inner","time":"x"}"#).unwrap();
+        let full = Envelope {
+            event_type: Some("project_deleted"),
+            category: Some("deletion"),
+            outcome: Outcome::Failure,
+            target: Some(Party::default()),
+            client: Some(Client::default()),
+            code: Some(CodeInfo {
+                id: "USR-001",
+                known: true,
+                name: Some("n"),
+                object: Some("user"),
+                category: Some("authentication"),
+            }),
+            ..sample(&raw)
         };
-        assert_eq!(
-            envelope.to_json().unwrap(),
-            serde_json::to_string(&envelope).unwrap()
-        );
+        let bare = Envelope {
+            event_type: None,
+            actor: None,
+            enrichment: None,
+            ..sample(&raw)
+        };
+        let gap = Envelope {
+            gap: Some(Gap {
+                from: format_time(0),
+                to: format_time(1),
+                reason: "r".into(),
+            }),
+            ..Envelope {
+                source: SourceRef {
+                    kind: "anaplan",
+                    id: "b",
+                    tenant: "t",
+                },
+                ..bare
+            }
+        };
+        for envelope in [sample(&raw), full, gap] {
+            let json = envelope.to_json().unwrap();
+            let whole: EnvelopeMeta<'_> = serde_json::from_str(&json).unwrap();
+            assert_eq!(EnvelopeMeta::read(&json), whole, "{json}");
+            assert!(whole.outcome.is_some() && whole.envelope_version.is_some());
+        }
+        let json = full_meta_json();
+        let meta = EnvelopeMeta::read(&json);
+        assert_eq!(meta.event_type.as_deref(), Some("t\"q"));
+        assert_eq!(meta.category.as_deref(), Some("c"));
+        assert_eq!(meta.source_kind(), "asana");
+        assert!(matches!(meta.time, Some(Cow::Borrowed(_))), "{meta:?}");
+    }
+
+    fn full_meta_json() -> String {
+        let raw: Box<RawValue> = serde_json::from_str("{}").unwrap();
+        let envelope = Envelope {
+            category: Some("c"),
+            ..sample(&raw)
+        };
+        envelope.to_json().unwrap()
+    }
+
+    #[test]
+    fn the_meta_read_stops_at_outcome_and_never_fails() {
+        // Whatever follows `outcome` is not read: not even broken JSON.
+        let json = full_meta_json();
+        let cut = json.find(r#","actor""#).unwrap();
+        let broken = format!("{},\"raw\":{{nope", &json[..cut]);
+        assert_eq!(EnvelopeMeta::read(&broken), EnvelopeMeta::read(&json));
+        // A field after `outcome` is not looked for.
+        let late = EnvelopeMeta::read(r#"{"outcome":"success","type":"t"}"#);
+        assert_eq!(late.outcome.as_deref(), Some("success"));
+        assert_eq!(late.event_type, None);
+        // Not an envelope: empty fields, or those found before it broke.
+        for text in ["", "[1]", "nope", "null", r#"{"source":3}"#] {
+            assert_eq!(EnvelopeMeta::read(text), EnvelopeMeta::default(), "{text}");
+        }
+        let half = EnvelopeMeta::read(r#"{"type":"t","time":[}"#);
+        assert_eq!(half.event_type.as_deref(), Some("t"));
+        assert_eq!(half.time, None);
     }
 
     /// The char-by-char scan `compact_json` replaced: the specification.

@@ -359,11 +359,29 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_drained_outbox_is_delivered_once_in_order_acknowledged_and_trimmed() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = SharedState::new(StateDb::open(&dir.path().join("state.db")).unwrap());
-        let events: Vec<NewEvent> = (1..=1_234)
+    /// Records, for every batch it is given, the sink's recorded progress
+    /// at that moment and the batch's seqs.
+    struct ProgressWatcher {
+        state: SharedState,
+        seen: Arc<Mutex<Vec<(i64, i64, i64)>>>,
+    }
+
+    #[async_trait]
+    impl Sink for ProgressWatcher {
+        async fn deliver(&mut self, batch: &[OutboxRecord]) -> Result<Delivered, SinkError> {
+            let acked = self.state.call(|db| db.acked_seq("rec")).await.unwrap();
+            // Time for a progress update that would run meanwhile to land.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let (first, last) = (batch[0].seq, batch[batch.len() - 1].seq);
+            self.seen.lock().unwrap().push((acked, first, last));
+            Ok(Delivered::default())
+        }
+    }
+
+    /// A state file with `count` events in its outbox, one sink (`rec`).
+    async fn outbox_of(dir: &std::path::Path, count: i64) -> SharedState {
+        let state = SharedState::new(StateDb::open(&dir.join("state.db")).unwrap());
+        let events: Vec<NewEvent> = (1..=count)
             .map(|i| NewEvent {
                 event_id: i.to_string(),
                 event_time: i,
@@ -377,11 +395,11 @@ mod tests {
             })
             .await
             .unwrap();
-        let taken = Arc::new(Mutex::new(Vec::new()));
-        let sink = Recorder {
-            taken: Arc::clone(&taken),
-            refuse: vec!["7".to_string(), "1001".to_string()],
-        };
+        state
+    }
+
+    /// Runs the sink `rec` over `state` until the outbox is drained.
+    async fn drain(state: &SharedState, sink: Box<dyn Sink>) -> Stopped {
         let sources_done = CancellationToken::new();
         sources_done.cancel();
         let ctx = SinkContext {
@@ -401,12 +419,45 @@ mod tests {
             retry: crate::retry::BackoffPolicy::default(),
             kind: SinkKind::Stdout,
         };
-        let stopped =
-            tokio::time::timeout(Duration::from_secs(30), run(config, Box::new(sink), ctx))
-                .await
-                .expect("the sink drained the outbox")
-                .unwrap();
-        assert_eq!(stopped, Stopped::Done);
+        tokio::time::timeout(Duration::from_secs(30), run(config, sink, ctx))
+            .await
+            .expect("the sink drained the outbox")
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_batch_goes_out_only_once_the_one_before_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = outbox_of(dir.path(), 1_050).await;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = ProgressWatcher {
+            state: state.clone(),
+            seen: Arc::clone(&seen),
+        };
+        assert_eq!(drain(&state, Box::new(sink)).await, Stopped::Done);
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 11, "{seen:?}");
+        let mut previous_last = 0;
+        for (acked, first, last) in seen {
+            // Everything before the batch is recorded: after a crash only
+            // the batch in flight is sent again.
+            assert_eq!(acked, previous_last, "batch {first}..={last}");
+            assert_eq!(first, previous_last + 1);
+            previous_last = last;
+        }
+        assert_eq!(previous_last, 1_050);
+    }
+
+    #[tokio::test]
+    async fn a_drained_outbox_is_delivered_once_in_order_acknowledged_and_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = outbox_of(dir.path(), 1_234).await;
+        let taken = Arc::new(Mutex::new(Vec::new()));
+        let sink = Recorder {
+            taken: Arc::clone(&taken),
+            refuse: vec!["7".to_string(), "1001".to_string()],
+        };
+        assert_eq!(drain(&state, Box::new(sink)).await, Stopped::Done);
         let expected: Vec<i64> = (1..=1_234).filter(|s| *s != 7 && *s != 1001).collect();
         assert_eq!(*taken.lock().unwrap(), expected);
         let (acked, depth, dead) = state

@@ -8,7 +8,9 @@
 //! ([`KafkaConfig::client_config`]: idempotent, `acks=all`, the given
 //! compression, `linger.ms` 1) plus any `--property`. It keeps librdkafka's
 //! queue full and waits for every delivery report; no state file, no
-//! batches, no acknowledgements in between. It prints one JSON object:
+//! batches, no acknowledgements in between (`--wait-every N` waits for the
+//! reports after every N messages instead, as the Kafka sink does after
+//! each batch). It prints one JSON object:
 //! `{"messages": N, "delivered": D, "failed": F, "seconds": S,
 //! "messages_per_second": R, "mean_bytes": B, "cpu_seconds": C}`, where
 //! the time runs from the first send to the last delivery report.
@@ -60,6 +62,10 @@ struct Args {
     /// sink's `properties`.
     #[arg(long = "property", value_parser = property)]
     properties: Vec<(String, String)>,
+    /// Wait for every delivery report after this many messages, as the
+    /// Kafka sink does after each batch (0: never, keep the queue full).
+    #[arg(long, default_value_t = 0)]
+    wait_every: u64,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
@@ -202,6 +208,17 @@ fn main() -> anyhow::Result<()> {
             }
         }
         producer.poll(Duration::ZERO);
+        if args.wait_every > 0 && (n + 1) % args.wait_every == 0 {
+            let reports = producer.context();
+            while reports.delivered.load(Ordering::Relaxed) + reports.failed.load(Ordering::Relaxed)
+                < n + 1
+            {
+                if Instant::now() > deadline {
+                    bail!("timed out after {}s at message {n}", args.timeout);
+                }
+                producer.poll(Duration::from_millis(1));
+            }
+        }
     }
     let left = deadline.saturating_duration_since(Instant::now());
     producer

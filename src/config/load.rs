@@ -25,8 +25,8 @@ pub const ENV_PREFIX: &str = "AUDITRELAY";
 const ENV_SEPARATOR: &str = "__";
 /// Events per delivery when a sink does not say.
 const BATCH_SIZE: usize = 500;
-/// The same for the file sink.
-const FILE_BATCH_SIZE: usize = 1000;
+/// The same for the file and Kafka sinks.
+const LARGE_BATCH_SIZE: usize = 1000;
 
 /// One thing wrong with the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1028,10 +1028,11 @@ impl Loader {
                 return None;
             }
         };
-        // A file batch ends with an fsync, so the file sink's batches are
-        // larger: fewer fsyncs and fewer trips to the state file.
+        // A file batch ends with an fsync, and a Kafka batch with a wait
+        // for every delivery report, so their batches are larger: fewer of
+        // those waits and fewer trips to the state file.
         let default_batch = match kind {
-            SinkKind::File(_) => FILE_BATCH_SIZE,
+            SinkKind::File(_) | SinkKind::Kafka(_) => LARGE_BATCH_SIZE,
             _ => BATCH_SIZE,
         };
         let batch_size = batch_size.unwrap_or(default_batch);

@@ -96,6 +96,13 @@ fn defaults_fill_a_minimal_config() {
     let file = MINIMAL.replace("kind = \"stdout\"", "kind = \"file\"\npath = \"out.jsonl\"");
     let config = load_with_env(&write(&dir, &file), env(&[])).unwrap();
     assert_eq!(config.sinks[0].batch_size, 1000);
+    // So do a Kafka sink's, which end with a wait for every report.
+    let kafka = MINIMAL.replace(
+        "kind = \"stdout\"",
+        "kind = \"kafka\"\nbrokers = \"127.0.0.1:9092\"\ntopic = \"t\"",
+    );
+    let config = load_with_env(&write(&dir, &kafka), env(&[])).unwrap();
+    assert_eq!(config.sinks[0].batch_size, 1000);
     assert_eq!(asana.requests_per_minute, 1500);
     assert_eq!(asana.enrich, crate::enrich::EnrichConfig::default());
     assert!(asana.enrich.enabled);

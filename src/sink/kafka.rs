@@ -2,7 +2,8 @@
 //!
 //! A batch is sent as a whole (librdkafka batches and compresses it), and
 //! acknowledged when the delivery report of every message in it came back
-//! successful. If any message failed, the batch is retried: the repeats
+//! successful. The reports are counted for the whole batch on librdkafka's
+//! polling thread, which wakes the sink after the last one. If any message failed, the batch is retried: the repeats
 //! that can cause are bounded by the batch and carry their event id as the
 //! message key, so consumers can drop them.
 //!
@@ -11,14 +12,18 @@
 //! `auditrelay.event_type`, `auditrelay.envelope_version`; topic = the
 //! configured template with `{source_kind}` and `{source_id}` filled in.
 
-use std::time::Duration;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::util::Timeout;
+use rdkafka::producer::{
+    BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
+};
+use rdkafka::ClientContext;
+use tokio::sync::Notify;
 
 use super::{Delivered, Sink, SinkError};
 use crate::envelope::EnvelopeMeta;
@@ -76,7 +81,7 @@ impl KafkaConfig {
     /// connecting (librdkafka checks property names and values here).
     pub fn validate(&self) -> Result<(), String> {
         self.client_config()
-            .create::<FutureProducer>()
+            .create::<BaseProducer>()
             .map(drop)
             .map_err(|e| config_error(&e))
     }
@@ -94,7 +99,105 @@ const LINGER_MS: &str = "1";
 /// Writes events to Kafka.
 pub struct KafkaSink {
     config: KafkaConfig,
-    producer: Option<FutureProducer>,
+    producer: Option<ThreadedProducer<Reports>>,
+}
+
+/// The delivery reports of the messages being sent, counted on
+/// librdkafka's polling thread as they come back. One counter for the
+/// whole batch, instead of a future per message.
+#[derive(Default)]
+struct Reports {
+    tally: Mutex<Tally>,
+    /// Woken when the last report of the round came back.
+    done: Notify,
+}
+
+#[derive(Default)]
+struct Tally {
+    /// The round being counted. Each send of a batch (or of one record
+    /// again) is a round of its own; a late report of an earlier round (a
+    /// batch given up on while librdkafka's queue stayed full) is ignored.
+    round: u32,
+    /// Reports still to come.
+    pending: usize,
+    /// The messages that failed, as (index in the round, error).
+    failed: Vec<(usize, KafkaError)>,
+}
+
+/// A message's delivery opaque: its round and its index in the round.
+/// `batch_size` is at most 100,000, so the index fits in 32 bits.
+fn opaque(round: u32, index: usize) -> usize {
+    (round as usize) << 32 | index
+}
+
+// `opaque` needs a 64-bit usize.
+const _: () = assert!(usize::BITS >= 64);
+
+impl Reports {
+    fn tally(&self) -> MutexGuard<'_, Tally> {
+        // The counter stays consistent whatever panicked while holding it.
+        self.tally.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts counting a round of `messages` reports; returns its number.
+    fn start(&self, messages: usize) -> u32 {
+        let mut tally = self.tally();
+        tally.round = tally.round.wrapping_add(1);
+        tally.pending = messages;
+        tally.failed.clear();
+        tally.round
+    }
+
+    /// A message of `round` that got no report, because librdkafka refused
+    /// to queue it.
+    fn not_queued(&self, round: u32, index: usize, error: KafkaError) {
+        self.settle(round, index, Err(error));
+    }
+
+    fn settle(&self, round: u32, index: usize, outcome: Result<(), KafkaError>) {
+        let mut tally = self.tally();
+        if tally.round != round || tally.pending == 0 {
+            return;
+        }
+        if let Err(error) = outcome {
+            tally.failed.push((index, error));
+        }
+        tally.pending -= 1;
+        if tally.pending == 0 {
+            self.done.notify_one();
+        }
+    }
+
+    /// Waits for every report of the current round; returns the failures.
+    async fn wait(&self) -> Vec<(usize, KafkaError)> {
+        loop {
+            let done = self.done.notified();
+            {
+                let mut tally = self.tally();
+                if tally.pending == 0 {
+                    let mut failed = std::mem::take(&mut tally.failed);
+                    failed.sort_by_key(|(index, _)| *index);
+                    return failed;
+                }
+            }
+            done.await;
+        }
+    }
+}
+
+impl ClientContext for Reports {}
+
+impl ProducerContext for Reports {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        let (round, index) = ((opaque >> 32) as u32, opaque & 0xffff_ffff);
+        self.settle(
+            round,
+            index,
+            result.as_ref().map(drop).map_err(|(e, _)| e.clone()),
+        );
+    }
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -124,12 +227,46 @@ struct Outgoing<'a> {
 
 impl Outgoing<'_> {
     /// The Kafka record: key = event id, value = envelope, with headers.
-    fn future_record(&self) -> FutureRecord<'_, str, str> {
-        FutureRecord::to(&self.topic)
+    fn base_record(&self, opaque: usize) -> BaseRecord<'_, str, str, usize> {
+        BaseRecord::with_opaque_to(&self.topic, opaque)
             .key(self.record.event_id.as_str())
             .payload(self.record.payload.as_str())
             .headers(self.headers.clone())
     }
+}
+
+/// Sends `outgoing` as one round and waits for every report: the failures,
+/// as (index in `outgoing`, error). If librdkafka's queue stays full for
+/// `queue_timeout`, the round is given up: `Err`.
+async fn send_round(
+    producer: &ThreadedProducer<Reports>,
+    outgoing: &[&Outgoing<'_>],
+    queue_timeout: Duration,
+) -> Result<Vec<(usize, KafkaError)>, KafkaError> {
+    let reports = producer.context();
+    let round = reports.start(outgoing.len());
+    let deadline = Instant::now() + queue_timeout;
+    for (index, out) in outgoing.iter().enumerate() {
+        let mut record = out.base_record(opaque(round, index));
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((error @ KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    if Instant::now() >= deadline {
+                        return Err(error);
+                    }
+                    record = back;
+                    // The polling thread empties the queue meanwhile.
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err((error, _)) => {
+                    reports.not_queued(round, index, error);
+                    break;
+                }
+            }
+        }
+    }
+    Ok(reports.wait().await)
 }
 
 #[async_trait]
@@ -139,7 +276,7 @@ impl Sink for KafkaSink {
             let producer = self
                 .config
                 .client_config()
-                .create::<FutureProducer>()
+                .create_with_context::<_, ThreadedProducer<Reports>>(Reports::default())
                 .map_err(|e| {
                     SinkError::Unavailable(format!(
                         "creating the kafka producer: {}",
@@ -178,24 +315,26 @@ impl Sink for KafkaSink {
                 }
             })
             .collect();
-        // All sends are polled together: librdkafka queues the whole batch
-        // (waiting while its queue is full), then the reports come back.
-        let queue_timeout = Timeout::After(self.config.message_timeout);
-        let reports = futures::future::join_all(
-            outgoing
-                .iter()
-                .map(|out| producer.send(out.future_record(), queue_timeout)),
-        )
-        .await;
+        // librdkafka queues the whole batch (waiting while its queue is
+        // full), then the reports come back.
+        let queue_timeout = self.config.message_timeout;
+        let all: Vec<&Outgoing<'_>> = outgoing.iter().collect();
+        let failed = match send_round(producer, &all, queue_timeout).await {
+            Ok(failed) => failed,
+            Err(error) => {
+                return Err(SinkError::Unavailable(format!(
+                    "librdkafka's queue stayed full for message_timeout: {}",
+                    describe(&error)
+                )))
+            }
+        };
         let mut refused = Vec::new();
         let mut transient = Vec::new();
-        for (index, (report, out)) in reports.into_iter().zip(&outgoing).enumerate() {
-            if let Err((error, _)) = report {
-                if is_permanent(&error) {
-                    refused.push(index);
-                } else {
-                    transient.push((error, out));
-                }
+        for (index, error) in failed {
+            if is_permanent(&error) {
+                refused.push(index);
+            } else {
+                transient.push((error, &outgoing[index]));
             }
         }
         let fatal = transient.iter().any(|(e, _)| is_fatal(e, producer));
@@ -230,10 +369,12 @@ impl Sink for KafkaSink {
         let mut rejected = Vec::new();
         for index in refused {
             let out = &outgoing[index];
-            let alone = producer.send(out.future_record(), queue_timeout).await;
+            let alone = send_round(producer, &[out], queue_timeout)
+                .await
+                .and_then(|mut failed| failed.pop().map_or(Ok(()), |(_, error)| Err(error)));
             match alone {
-                Ok(_) => {}
-                Err((error, _)) if is_permanent(&error) => rejected.push((
+                Ok(()) => {}
+                Err(error) if is_permanent(&error) => rejected.push((
                     index,
                     format!(
                         "kafka refused it on topic {}: {}",
@@ -241,7 +382,7 @@ impl Sink for KafkaSink {
                         describe(&error)
                     ),
                 )),
-                Err((error, _)) => {
+                Err(error) => {
                     return Err(SinkError::Unavailable(format!(
                         "kafka did not acknowledge event {} on topic {}: {}",
                         out.record.event_id,
@@ -273,8 +414,7 @@ pub(crate) fn config_error(error: &KafkaError) -> String {
 
 /// Whether the producer itself is broken for good (idempotence fatal
 /// errors such as an out-of-order sequence).
-fn is_fatal(error: &KafkaError, producer: &FutureProducer) -> bool {
-    use rdkafka::producer::Producer;
+fn is_fatal(error: &KafkaError, producer: &ThreadedProducer<Reports>) -> bool {
     error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal)
         || producer.client().fatal_error().is_some()
 }
@@ -404,6 +544,63 @@ mod tests {
         assert_eq!(delivered, Some(Delivered::default()));
         let keys = consume(&cluster.bootstrap_servers(), 50);
         assert_eq!(keys.len(), 50, "every event is in the topic: {keys:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_queue_that_stays_full_gives_the_batch_up_until_the_brokers_are_back() {
+        let cluster = cluster();
+        let mut sink = sink(
+            cluster.bootstrap_servers(),
+            &[("queue.buffering.max.messages", "3")],
+        );
+        sink.config.message_timeout = Duration::from_secs(2);
+        for broker in 1..=3 {
+            cluster.broker_down(broker).unwrap();
+        }
+        let records = batch(10, "x");
+        let started = Instant::now();
+        let err = sink.deliver(&records).await.unwrap_err();
+        assert!(
+            matches!(err, SinkError::Unavailable(ref m) if m.contains("queue stayed full")),
+            "{err}"
+        );
+        assert!(started.elapsed() >= Duration::from_secs(2), "it waited");
+        for broker in 1..=3 {
+            cluster.broker_up(broker).unwrap();
+        }
+        let mut delivered = None;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while delivered.is_none() && Instant::now() < deadline {
+            match sink.deliver(&records).await {
+                Ok(d) => delivered = Some(d),
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+        assert_eq!(delivered, Some(Delivered::default()));
+        assert_eq!(consume(&cluster.bootstrap_servers(), 10).len(), 10);
+    }
+
+    #[tokio::test]
+    async fn reports_count_only_their_own_round() {
+        let reports = Reports::default();
+        let given_up = reports.start(3);
+        let round = reports.start(2);
+        // Late reports of the round given up on change nothing.
+        reports.settle(given_up, 0, Ok(()));
+        reports.settle(given_up, 1, Err(KafkaError::Canceled));
+        assert_eq!(reports.tally().pending, 2);
+        reports.settle(round, 1, Err(KafkaError::Canceled));
+        reports.settle(round, 0, Ok(()));
+        let failed = tokio::time::timeout(Duration::from_secs(5), reports.wait())
+            .await
+            .expect("every report of the round came back");
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].0, 1);
+        // A report after the round ended does not underflow it.
+        reports.settle(round, 1, Ok(()));
+        assert_eq!(reports.tally().pending, 0);
+        assert_eq!(opaque(7, 99) >> 32, 7);
+        assert_eq!(opaque(7, 99) & 0xffff_ffff, 99);
     }
 
     #[tokio::test(flavor = "multi_thread")]

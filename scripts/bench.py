@@ -523,24 +523,31 @@ def backlog_row(acked, wall, cpu, rss, done_at, notes):
     }
 
 
+def run_loop(scenario, what, cmd, work):
+    """Runs a baseline loop (examples/*_loop) to its end: the JSON object it
+    prints last."""
+    err = os.path.join(work, f"{what.replace(' ', '_')}.err")
+    proc = spawn(scenario, cmd, None, err, capture_stdout=True)
+    try:
+        out, _ = proc.communicate(timeout=BACKFILL_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise RuntimeError(f"{what} timed out after {BACKFILL_TIMEOUT:.0f}s")
+    finally:
+        if proc in CHILDREN:
+            CHILDREN.remove(proc)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} failed: {open(err).read()[-500:]}")
+    return json.loads(out.decode().strip().splitlines()[-1])
+
+
 def run_fetch(base):
     work = new_workdir(base, "fetch")
     sim = Simulator("bare fetch loop", work, backlog_flags())
     try:
         cmd = [FETCH_LOOP, "--base-url", sim.base_url, "--token", TOKEN, "--events", str(EVENTS)]
-        proc = spawn("bare fetch loop", cmd, None, os.path.join(work, "fetch_loop.err"), capture_stdout=True)
-        try:
-            out, _ = proc.communicate(timeout=BACKFILL_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-            raise RuntimeError(f"fetch loop timed out after {BACKFILL_TIMEOUT:.0f}s")
-        finally:
-            if proc in CHILDREN:
-                CHILDREN.remove(proc)
-        if proc.returncode != 0:
-            raise RuntimeError(f"fetch loop failed: {open(os.path.join(work, 'fetch_loop.err')).read()[-500:]}")
-        result = json.loads(out.decode().strip().splitlines()[-1])
+        result = run_loop("bare fetch loop", "fetch loop", cmd, work)
         sim_cpu = sim.cpu()
     finally:
         sim.stop()
@@ -568,19 +575,7 @@ def run_produce(base):
             PRODUCE_LOOP, "--base-url", sim.base_url, "--token", TOKEN,
             "--brokers", broker.address, "--topic", TOPIC, "--messages", str(EVENTS),
         ] + [arg for prop in KAFKA_QUEUE_PROPERTIES for arg in ("--property", "=".join(prop))]
-        proc = spawn(name, cmd, None, os.path.join(work, "produce_loop.err"), capture_stdout=True)
-        try:
-            out, _ = proc.communicate(timeout=BACKFILL_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-            raise RuntimeError(f"produce loop timed out after {BACKFILL_TIMEOUT:.0f}s")
-        finally:
-            if proc in CHILDREN:
-                CHILDREN.remove(proc)
-        if proc.returncode != 0:
-            raise RuntimeError(f"produce loop failed: {open(os.path.join(work, 'produce_loop.err')).read()[-500:]}")
-        result = json.loads(out.decode().strip().splitlines()[-1])
+        result = run_loop(name, "produce loop", cmd, work)
         broker_cpu = cpu_seconds(broker.proc.pid)
     finally:
         sim.stop()

@@ -516,6 +516,19 @@ mod tests {
         keys
     }
 
+    /// What the sink loop does after a failure: the same batch again, with
+    /// backoff, until it is taken (within a minute).
+    async fn until_taken(sink: &mut KafkaSink, records: &[OutboxRecord]) -> Delivered {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match sink.deliver(records).await {
+                Ok(delivered) => return delivered,
+                Err(e) if Instant::now() >= deadline => panic!("never taken: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn brokers_down_then_back_lose_nothing() {
         let cluster = cluster();
@@ -532,16 +545,7 @@ mod tests {
         for broker in 1..=3 {
             cluster.broker_up(broker).unwrap();
         }
-        // What the sink loop does: the same batch again, with backoff.
-        let mut delivered = None;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while delivered.is_none() && Instant::now() < deadline {
-            match sink.deliver(&records).await {
-                Ok(d) => delivered = Some(d),
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-            }
-        }
-        assert_eq!(delivered, Some(Delivered::default()));
+        assert_eq!(until_taken(&mut sink, &records).await, Delivered::default());
         let keys = consume(&cluster.bootstrap_servers(), 50);
         assert_eq!(keys.len(), 50, "every event is in the topic: {keys:?}");
     }
@@ -568,15 +572,7 @@ mod tests {
         for broker in 1..=3 {
             cluster.broker_up(broker).unwrap();
         }
-        let mut delivered = None;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while delivered.is_none() && Instant::now() < deadline {
-            match sink.deliver(&records).await {
-                Ok(d) => delivered = Some(d),
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-            }
-        }
-        assert_eq!(delivered, Some(Delivered::default()));
+        assert_eq!(until_taken(&mut sink, &records).await, Delivered::default());
         assert_eq!(consume(&cluster.bootstrap_servers(), 10).len(), 10);
     }
 

@@ -70,6 +70,9 @@ impl KafkaConfig {
             )
             .set("enable.idempotence", "true")
             .set("acks", "all")
+            // A batch is acknowledged by counting its reports: every
+            // message must report, not only the failed ones.
+            .set("delivery.report.only.error", "false")
             .set(
                 "client.id",
                 concat!("auditrelay/", env!("CARGO_PKG_VERSION")),
@@ -152,6 +155,15 @@ impl Reports {
     /// to queue it.
     fn not_queued(&self, round: u32, index: usize, error: KafkaError) {
         self.settle(round, index, Err(error));
+    }
+
+    /// The last `count` messages of `round` will not be sent: only the
+    /// reports of those already queued are waited for.
+    fn not_sent(&self, round: u32, count: usize) {
+        let mut tally = self.tally();
+        if tally.round == round {
+            tally.pending = tally.pending.saturating_sub(count);
+        }
     }
 
     fn settle(&self, round: u32, index: usize, outcome: Result<(), KafkaError>) {
@@ -237,7 +249,10 @@ impl Outgoing<'_> {
 
 /// Sends `outgoing` as one round and waits for every report: the failures,
 /// as (index in `outgoing`, error). If librdkafka's queue stays full for
-/// `queue_timeout`, the round is given up: `Err`.
+/// `queue_timeout`, the round is given up (`Err`) once the messages already
+/// queued reported back (they time out after `message_timeout` at the
+/// latest), so that no copy of the batch is left in librdkafka when it is
+/// sent again.
 async fn send_round(
     producer: &ThreadedProducer<Reports>,
     outgoing: &[&Outgoing<'_>],
@@ -253,6 +268,8 @@ async fn send_round(
                 Ok(()) => break,
                 Err((error @ KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     if Instant::now() >= deadline {
+                        reports.not_sent(round, outgoing.len() - index);
+                        reports.wait().await;
                         return Err(error);
                     }
                     record = back;
@@ -569,11 +586,16 @@ mod tests {
             "{err}"
         );
         assert!(started.elapsed() >= Duration::from_secs(2), "it waited");
+        // The 3 messages it had queued reported (timed out) before it gave
+        // up: no copy of the batch is left in librdkafka.
+        assert_eq!(sink.producer.as_ref().unwrap().in_flight_count(), 0);
         for broker in 1..=3 {
             cluster.broker_up(broker).unwrap();
         }
         assert_eq!(until_taken(&mut sink, &records).await, Delivered::default());
-        assert_eq!(consume(&cluster.bootstrap_servers(), 10).len(), 10);
+        let keys = consume(&cluster.bootstrap_servers(), 10);
+        assert_eq!(keys.len(), 10);
+        assert!(keys.values().all(|n| *n == 1), "one copy each: {keys:?}");
     }
 
     #[tokio::test]
@@ -664,7 +686,7 @@ mod tests {
     }
 
     #[test]
-    fn linger_is_short_unless_configured_and_idempotence_is_not_configurable() {
+    fn linger_is_short_unless_configured_and_idempotence_and_reports_are_not_configurable() {
         let config = sink("127.0.0.1:9".into(), &[]).config.client_config();
         assert_eq!(config.get("linger.ms"), Some("1"));
         let config = sink(
@@ -675,6 +697,13 @@ mod tests {
         .client_config();
         assert_eq!(config.get("linger.ms"), Some("20"));
         assert_eq!(config.get("enable.idempotence"), Some("true"));
+        let config = sink(
+            "127.0.0.1:9".into(),
+            &[("delivery.report.only.error", "true")],
+        )
+        .config
+        .client_config();
+        assert_eq!(config.get("delivery.report.only.error"), Some("false"));
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -3,7 +3,8 @@
 //! A batch is sent as a whole (librdkafka batches and compresses it), and
 //! acknowledged when the delivery report of every message in it came back
 //! successful. The reports are counted for the whole batch on librdkafka's
-//! polling thread, which wakes the sink after the last one. If any message failed, the batch is retried: the repeats
+//! polling thread, which wakes the sink after the last one. If any message
+//! failed, the batch is retried: the repeats
 //! that can cause are bounded by the batch and carry their event id as the
 //! message key, so consumers can drop them.
 //!
@@ -133,6 +134,11 @@ fn opaque(round: u32, index: usize) -> usize {
     (round as usize) << 32 | index
 }
 
+/// The round and the index an [`opaque`] holds.
+fn round_and_index(opaque: usize) -> (u32, usize) {
+    ((opaque >> 32) as u32, opaque & 0xffff_ffff)
+}
+
 // `opaque` needs a 64-bit usize.
 const _: () = assert!(usize::BITS >= 64);
 
@@ -203,7 +209,7 @@ impl ProducerContext for Reports {
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
-        let (round, index) = ((opaque >> 32) as u32, opaque & 0xffff_ffff);
+        let (round, index) = round_and_index(opaque);
         self.settle(
             round,
             index,
@@ -624,8 +630,8 @@ mod tests {
             .await
             .expect("the queued ones reported");
         assert_eq!(failed.len(), 1);
-        assert_eq!(opaque(7, 99) >> 32, 7);
-        assert_eq!(opaque(7, 99) & 0xffff_ffff, 99);
+        assert_eq!(round_and_index(opaque(7, 99_999)), (7, 99_999));
+        assert_eq!(round_and_index(opaque(u32::MAX, 0)), (u32::MAX, 0));
     }
 
     #[tokio::test(flavor = "multi_thread")]

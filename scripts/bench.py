@@ -37,6 +37,7 @@ import math
 import os
 import platform
 import re
+import resource
 import selectors
 import shlex
 import shutil
@@ -525,8 +526,11 @@ def backlog_row(acked, wall, cpu, rss, done_at, notes):
 
 def run_loop(scenario, what, cmd, work):
     """Runs a baseline loop (examples/*_loop) to its end: the JSON object it
-    prints last."""
+    prints last, with the loop's own CPU seconds added as `process_cpu`."""
     err = os.path.join(work, f"{what.replace(' ', '_')}.err")
+    # RUSAGE_CHILDREN counts children once they are waited for: the
+    # difference across this call is the loop's CPU alone.
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = spawn(scenario, cmd, None, err, capture_stdout=True)
     try:
         out, _ = proc.communicate(timeout=BACKFILL_TIMEOUT)
@@ -539,7 +543,10 @@ def run_loop(scenario, what, cmd, work):
             CHILDREN.remove(proc)
     if proc.returncode != 0:
         raise RuntimeError(f"{what} failed: {open(err).read()[-500:]}")
-    return json.loads(out.decode().strip().splitlines()[-1])
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = json.loads(out.decode().strip().splitlines()[-1])
+    result["process_cpu"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return result
 
 
 def run_fetch(base):
@@ -551,11 +558,17 @@ def run_fetch(base):
         sim_cpu = sim.cpu()
     finally:
         sim.stop()
+    loop_cpu = result["process_cpu"]
+    # How much of the machine the baseline used: a loop bound by its round
+    # trip leaves most of the two cores idle.
+    cores = (loop_cpu + sim_cpu) / result["seconds"] if result["seconds"] else float("nan")
     return {
         "events": result["events"],
         "wall": result["seconds"],
         "eps": result["events_per_second"],
-        "notes": f"{result['pages']} pages; simulator CPU {sim_cpu:.1f} s",
+        "cpu_per_m": loop_cpu / result["events"] * 1e6 if result["events"] else float("nan"),
+        "notes": f"{result['pages']} pages; loop CPU {loop_cpu:.1f} s, simulator CPU {sim_cpu:.1f} s:"
+        f" {cores:.2f} of a core between them",
     }
 
 
@@ -1199,7 +1212,8 @@ def run_all(base):
     )
     out.append(
         "CPU: utime+stime of the daemon from /proc/PID/stat just before SIGTERM (live rows: since the first"
-        " live event); peak RSS: VmHWM from /proc/PID/status just before SIGTERM."
+        " live event; the two loops: their own CPU, the fetch loop's from getrusage after it exits);"
+        " peak RSS: VmHWM from /proc/PID/status just before SIGTERM."
     )
     out.append(
         "lag: when the event reached the sink − its created_at (the simulator serves an event from its"

@@ -4,11 +4,16 @@
 //! - `to_outbox`: an Asana record → its envelope (parse, map, serialize),
 //!   per page of 100, with and without enrichment answers;
 //! - `compact_json`: the one-line guarantee on a compact and a pretty record;
-//! - `commit_page`: a 100-event page into a SQLite state file (dedup insert,
-//!   outbox insert, cursor), as a source commits it;
-//! - `sink_batch`: `read_outbox` + `ack` + `trim_outbox` of a 500-row batch,
-//!   the state file's share of one delivery;
-//! - `file_sink`: one 500-row delivery of the file sink (write + fsync).
+//! - `state/commit_page_100`: a 100-event page into a SQLite state file
+//!   (dedup insert, outbox row, cursor, the WAL write and, now and then, a
+//!   checkpoint), as a source commits it; `state/commit_pages_800`: 8
+//!   pages in one commit, the most the Asana loop groups;
+//! - `state/read_ack_trim_1000`: `read_outbox` + `ack` + `trim_outbox` of
+//!   a 1,000-event batch, the state file's share of one delivery;
+//! - `file_sink/deliver_1000_fsync`: one 1,000-event delivery of the file
+//!   sink (write + fsync).
+//!
+//! Batches are of 1,000 events, the file and Kafka sinks' default.
 //!
 //! The records are real simulator output: one page fetched from an
 //! in-process simulator on loopback at start.
@@ -115,7 +120,8 @@ impl ValueFormatter for CpuFormatter {
 }
 
 const PAGE: usize = 100;
-const BATCH: usize = 500;
+/// The file and Kafka sinks' default `batch_size`.
+const BATCH: usize = 1000;
 const OBSERVED_AT: &str = "2026-01-05T10:00:00.000Z";
 const ORIGIN: Origin<'static> = Origin {
     source_id: "bench",
@@ -251,21 +257,27 @@ fn state_benches(c: &mut Criterion<CpuTime>, page: &[Box<RawValue>]) {
     let mut serial = 0u64;
 
     let mut group = c.benchmark_group("state");
-    group.throughput(Throughput::Elements(PAGE as u64));
-    group.bench_function("commit_page_100", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let page = fresh(&events, &mut serial);
-                let cursor = cursor(serial);
-                let start = cpu_now();
-                db.commit_page("bench", "asana", &page, &[], &cursor)
-                    .unwrap();
-                total += cpu_now() - start;
-            }
-            total
-        })
-    });
+    // One page per commit, and the most the Asana loop groups into one
+    // (GROUP_PAGES: while pages fetched ahead are ready).
+    for (pages, name) in [(1, "commit_page_100"), (8, "commit_pages_800")] {
+        group.throughput(Throughput::Elements((pages * PAGE) as u64));
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let group: Vec<NewEvent> = (0..pages)
+                        .flat_map(|_| fresh(&events, &mut serial))
+                        .collect();
+                    let cursor = cursor(serial);
+                    let start = cpu_now();
+                    db.commit_page("bench", "asana", &group, &[], &cursor)
+                        .unwrap();
+                    total += cpu_now() - start;
+                }
+                total
+            })
+        });
+    }
 
     // Start the sink at the end of what the commits above left behind.
     let mut acked = db
@@ -276,7 +288,7 @@ fn state_benches(c: &mut Criterion<CpuTime>, page: &[Box<RawValue>]) {
     db.ack("file", acked).unwrap();
     db.trim_outbox().unwrap();
     group.throughput(Throughput::Elements(BATCH as u64));
-    group.bench_function("read_ack_trim_500", |b| {
+    group.bench_function("read_ack_trim_1000", |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
@@ -325,7 +337,7 @@ fn file_sink_bench(c: &mut Criterion<CpuTime>, page: &[Box<RawValue>]) {
     });
     let mut group = c.benchmark_group("file_sink");
     group.throughput(Throughput::Elements(BATCH as u64));
-    group.bench_function("deliver_500_fsync", |b| {
+    group.bench_function("deliver_1000_fsync", |b| {
         b.iter(|| runtime.block_on(sink.deliver(black_box(&batch))).unwrap())
     });
     group.finish();

@@ -528,8 +528,10 @@ def run_loop(scenario, what, cmd, work):
     """Runs a baseline loop (examples/*_loop) to its end: the JSON object it
     prints last, with the loop's own CPU seconds added as `process_cpu`."""
     err = os.path.join(work, f"{what.replace(' ', '_')}.err")
-    # RUSAGE_CHILDREN counts children once they are waited for: the
-    # difference across this call is the loop's CPU alone.
+    # RUSAGE_CHILDREN counts children once they are waited for. The callers
+    # start the simulator (and broker) before and stop them after, and this
+    # script has no threads, so the difference across this call is the
+    # loop's CPU alone (its start-up included).
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = spawn(scenario, cmd, None, err, capture_stdout=True)
     try:
@@ -559,8 +561,8 @@ def run_fetch(base):
     finally:
         sim.stop()
     loop_cpu = result["process_cpu"]
-    # How much of the machine the baseline used: a loop bound by its round
-    # trip leaves most of the two cores idle.
+    # How much of the machine the baseline used: one request at a time, so
+    # the loop and the simulator take turns on about one core.
     cores = (loop_cpu + sim_cpu) / result["seconds"] if result["seconds"] else float("nan")
     return {
         "events": result["events"],

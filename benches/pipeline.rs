@@ -265,12 +265,12 @@ fn state_benches(c: &mut Criterion<CpuTime>, page: &[Box<RawValue>]) {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    let group: Vec<NewEvent> = (0..pages)
+                    let grouped: Vec<NewEvent> = (0..pages)
                         .flat_map(|_| fresh(&events, &mut serial))
                         .collect();
                     let cursor = cursor(serial);
                     let start = cpu_now();
-                    db.commit_page("bench", "asana", &group, &[], &cursor)
+                    db.commit_page("bench", "asana", &grouped, &[], &cursor)
                         .unwrap();
                     total += cpu_now() - start;
                 }

@@ -297,11 +297,14 @@ impl AnaplanSim {
         let current = self.select(selection);
         let now_ms = self.now_ms();
         let low = request.from_ms.max(self.retention_cutoff_ms(now_ms));
-        // Strictly before the event at the offset (inserted ids are larger, so an equal
-        // eventDate would sort after it).
+        // Strictly before the event that `count` insertions move to the offset: that is
+        // the event `count` places before it, not the one at it, or an inserted event
+        // placed just before the offset would be moved onto the page (inserted ids are
+        // larger, so an equal eventDate would sort after it). If there is no such event,
+        // the page is past the end even after the insertions.
         let high = usize::try_from(request.offset)
             .ok()
-            .and_then(|offset| current.get(offset))
+            .and_then(|offset| current.get(offset.saturating_sub(count as usize)))
             .map_or(request.to_ms.min(now_ms), |e| e.event_ms - 1)
             .max(low);
         let span = u64::try_from(high - low).unwrap_or(0) + 1;

@@ -673,6 +673,25 @@ async fn drift_shifts_offsets_and_an_overlap_reread_recovers() {
     assert_eq!(stats["visible_events"], 406);
 }
 
+/// Many drift events at once still all land before the page they are inserted for: with
+/// half a page of them, a bound at the event at the offset (rather than the one the
+/// insertions move there) puts some on the page nearly every time.
+#[tokio::test]
+async fn every_drift_event_lands_before_the_page_that_inserts_it() {
+    let h = start(config(400)).await;
+    let token = h.login(AUDITOR).await;
+    let window = h.window();
+    let before: BTreeSet<u64> = h.sim.visible_ids().into_iter().collect();
+    h.faults(json!({ "drift_next": 1, "drift_events": 50 }))
+        .await;
+    let pass1 = h.read_window(&token, window, 100).await;
+    let distinct: BTreeSet<u64> = pass1.iter().copied().collect();
+    assert_eq!(distinct, before, "pass 1 saw an inserted event");
+    assert_eq!(pass1.len(), 450, "the page at offset 100 repeats 50 events");
+    let after: BTreeSet<u64> = h.sim.visible_ids().into_iter().collect();
+    assert_eq!(after.len(), 450);
+}
+
 #[tokio::test]
 async fn late_events_appear_with_old_event_dates() {
     let now = Utc::now();

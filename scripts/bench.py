@@ -526,13 +526,8 @@ def backlog_row(acked, wall, cpu, rss, done_at, notes):
 
 def run_loop(scenario, what, cmd, work):
     """Runs a baseline loop (examples/*_loop) to its end: the JSON object it
-    prints last, with the loop's own CPU seconds added as `process_cpu`."""
+    prints last."""
     err = os.path.join(work, f"{what.replace(' ', '_')}.err")
-    # RUSAGE_CHILDREN counts children once they are waited for. The callers
-    # start the simulator (and broker) before and stop them after, and this
-    # script has no threads, so the difference across this call is the
-    # loop's CPU alone (its start-up included).
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = spawn(scenario, cmd, None, err, capture_stdout=True)
     try:
         out, _ = proc.communicate(timeout=BACKFILL_TIMEOUT)
@@ -541,14 +536,16 @@ def run_loop(scenario, what, cmd, work):
         proc.communicate()
         raise RuntimeError(f"{what} timed out after {BACKFILL_TIMEOUT:.0f}s")
     finally:
+        # Whatever stopped the wait (Ctrl-C included), the loop does not
+        # outlive it once it is no longer among the children to stop.
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
         if proc in CHILDREN:
             CHILDREN.remove(proc)
     if proc.returncode != 0:
         raise RuntimeError(f"{what} failed: {open(err).read()[-500:]}")
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    result = json.loads(out.decode().strip().splitlines()[-1])
-    result["process_cpu"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return result
+    return json.loads(out.decode().strip().splitlines()[-1])
 
 
 def run_fetch(base):
@@ -556,11 +553,17 @@ def run_fetch(base):
     sim = Simulator("bare fetch loop", work, backlog_flags())
     try:
         cmd = [FETCH_LOOP, "--base-url", sim.base_url, "--token", TOKEN, "--events", str(EVENTS)]
+        # RUSAGE_CHILDREN counts children once they are waited for. The
+        # simulator runs on until after the loop, and this script has no
+        # threads, so the difference is the loop's CPU alone (its start-up
+        # included).
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         result = run_loop("bare fetch loop", "fetch loop", cmd, work)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
         sim_cpu = sim.cpu()
     finally:
         sim.stop()
-    loop_cpu = result["process_cpu"]
+    loop_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     # How much of the machine the baseline used: one request at a time, so
     # the loop and the simulator take turns on about one core.
     cores = (loop_cpu + sim_cpu) / result["seconds"] if result["seconds"] else float("nan")
